@@ -459,5 +459,5 @@ def _resolve(source: str, seen: tuple[str, ...]) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    base_path = base if base in PRESETS else str((path.parent / base))
+    base_path = base if base in PRESETS else str(path.parent / base)
     return _deep_merge(_resolve(base_path, seen + (str(path.resolve()),)), data)
