@@ -1,0 +1,160 @@
+"""Dataset, tokenisation, collation into :class:`~lgrnet.data.batch.Batch`, samplers and the DataLoader.
+
+Tokenisation (spec 2, dataset side): optional lower-casing, the text encoder's tokenizer with ``[CLS] ... [SEP]``,
+truncation to ``max_length`` *including* the special tokens, padding to ``max_length``, attention mask 1 = real.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
+from lgrnet.data.batch import Batch, SampleMeta
+from lgrnet.data.image import load_image
+from lgrnet.data.records import Record
+from lgrnet.data.transforms import EvalTransform, TrainTransform
+
+
+def tokenize(tokenizer: Any, expression: str, max_length: int, lowercase: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids and attention mask of one expression, both exactly ``max_length`` long."""
+    text = expression.lower() if lowercase else expression
+    enc = tokenizer(text, max_length=max_length, truncation=True, padding="max_length")
+    return list(enc["input_ids"]), list(enc["attention_mask"])
+
+
+@dataclass
+class Item:
+    """One transformed, tokenised sample (what ``RECDataset.__getitem__`` returns and ``collate`` stacks)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    box: torch.Tensor
+    input_ids: list[int]
+    attention_mask: list[int]
+    meta: SampleMeta
+
+
+class RECDataset(Dataset):
+    """Records -> :class:`Item` (image decoded and transformed, expression tokenised)."""
+
+    def __init__(self, records: Sequence[Record], transform: Any, tokenizer: Any, max_length: int = 40,
+                 lowercase: bool = True):
+        self.records = list(records)
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.lowercase = lowercase
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Item:
+        record = self.records[index]
+        image = load_image(record.image, record_id=record.id)
+        sample = self.transform(image, record.expression, record.box)
+        ids, attn = tokenize(self.tokenizer, sample.expression, self.max_length, self.lowercase)
+        meta = SampleMeta(
+            id=record.id,
+            expression=sample.expression,
+            image=record.image,
+            original_size=sample.original_size,
+            scale=sample.scale,
+            offset=sample.offset,
+            canvas_size=sample.canvas_size,
+            original_box=tuple(record.box),
+        )
+        return Item(sample.image, sample.mask, sample.box, ids, attn, meta)
+
+
+def collate(items: Sequence[Item]) -> Batch:
+    """Stack items into a :class:`Batch` (spec 11.5): images [B,3,S,S], masks [B,S,S], ids/mask [B,L] int64."""
+    return Batch(
+        images=torch.stack([it.image for it in items]),
+        image_mask=torch.stack([it.mask for it in items]),
+        input_ids=torch.tensor([it.input_ids for it in items], dtype=torch.int64),
+        attention_mask=torch.tensor([it.attention_mask for it in items], dtype=torch.int64),
+        boxes=torch.stack([it.box for it in items]).float(),
+        meta=[it.meta for it in items],
+    )
+
+
+class EvalDistributedSampler(Sampler[int]):
+    """Gives every index to exactly one rank (rank r gets r, r + W, r + 2W, ...): no padding, no duplicates.
+
+    Ranks may get lengths differing by one; metrics must be summed (hits, counts) across ranks, not averaged.
+    """
+
+    def __init__(self, dataset_len: int, num_replicas: int | None = None, rank: int | None = None):
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        self.dataset_len, self.num_replicas, self.rank = dataset_len, num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.dataset_len, self.num_replicas))
+
+    def __len__(self) -> int:
+        return max(0, math.ceil((self.dataset_len - self.rank) / self.num_replicas))
+
+    def set_epoch(self, epoch: int) -> None:  # same interface as DistributedSampler; order is fixed
+        pass
+
+
+def build_dataloader(
+    records: Sequence[Record],
+    config: Any,  # lgrnet.config.Config
+    tokenizer: Any,
+    train: bool,
+    batch_size: int | None = None,
+    distributed: bool | None = None,
+) -> DataLoader:
+    """DataLoader over ``records`` with the train or eval transform of ``config``.
+
+    ``distributed=None`` means "when torch.distributed is initialised". Training uses a shuffling
+    ``DistributedSampler`` (call ``loader.sampler.set_epoch(epoch)`` each epoch) or a seeded RandomSampler and
+    drops the last incomplete batch; evaluation uses :class:`EvalDistributedSampler` / sequential order.
+    """
+    size = config.model.image_size
+    transform = TrainTransform(size, config.data.augment) if train else EvalTransform(size)
+    text = config.model.text
+    dataset = RECDataset(records, transform, tokenizer, text.max_length, text.lowercase)
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    batch_size = batch_size or config.train.batch_size
+    sampler: Sampler[int]
+    if train:
+        if distributed:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=config.train.seed, drop_last=False)
+        else:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.train.seed))
+    else:
+        sampler = EvalDistributedSampler(len(dataset)) if distributed else SequentialSampler(dataset)
+    data = config.data
+    workers = max(0, int(data.num_workers))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=bool(data.pin_memory) and torch.cuda.is_available(),
+        drop_last=train and len(dataset) >= batch_size * (dist.get_world_size() if distributed else 1),
+        persistent_workers=bool(data.persistent_workers) and workers > 0,
+        prefetch_factor=data.prefetch_factor if workers > 0 else None,
+    )

@@ -1,0 +1,103 @@
+"""lgrnet's own format for custom data: JSON Lines, one object per line (documented in docs/data.md).
+
+Keys: ``image`` (path relative to the JSONL file's folder, or absolute), ``expression`` (string), ``box``
+([x1, y1, x2, y2] in pixels of the original image), optional ``split`` (string) and ``id`` (string or int).
+Blank lines are ignored. Any malformed line is a ``DataError`` naming the file and the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from lgrnet.data.records import Record
+from lgrnet.errors import DataError
+
+REQUIRED_KEYS = ("image", "expression", "box")
+
+
+def read_jsonl(path: str | Path, split: str | None = None) -> list[Record]:
+    """Read a JSONL file. With ``split`` given, keep lines whose ``split`` equals it or that have no ``split``."""
+    path = Path(path)
+    base = os.fspath(path.resolve().parent)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = _parse_line(line, path, lineno, base)
+        if split is None or not record.split or record.split == split:
+            records.append(record)
+    return records
+
+
+def _parse_line(line: str, path: Path, lineno: int, base: str) -> Record:
+    where = f"{path}:{lineno}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing key(s) {', '.join(missing)}")
+    image, expression, box = obj["image"], obj["expression"], obj["box"]
+    if not isinstance(image, str) or not image:
+        raise DataError(f"{where}: 'image' must be a non-empty path string")
+    if not isinstance(expression, str) or not expression.strip():
+        raise DataError(f"{where}: 'expression' must be a non-empty string")
+    if (
+        not isinstance(box, list)
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    ):
+        raise DataError(f"{where}: 'box' must be [x1, y1, x2, y2] with 4 finite numbers, got {box!r}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not (x2 > x1 and y2 > y1):
+        raise DataError(f"{where}: 'box' {box} must have x2 > x1 and y2 > y1 (x1, y1, x2, y2 pixel corners)")
+    split = obj.get("split", "")
+    if not isinstance(split, str):
+        raise DataError(f"{where}: 'split' must be a string")
+    rid = obj.get("id", f"{path.stem}/{lineno}")
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise DataError(f"{where}: 'id' must be a string or an integer")
+    extra = {k: v for k, v in obj.items() if k not in (*REQUIRED_KEYS, "split", "id")}
+    return Record(
+        image=image if os.path.isabs(image) else os.path.join(base, image),
+        expression=expression,
+        box=(x1, y1, x2, y2),
+        id=str(rid),
+        split=split,
+        source={"format": "jsonl", "file": os.fspath(path), "line": lineno, **extra},
+    )
+
+
+def record_to_json(record: Record, relative_to: str | Path | None = None) -> dict:
+    """One JSONL object for ``record``; the image path is made relative to ``relative_to`` when given."""
+    image = record.image
+    if relative_to is not None:
+        image = os.path.relpath(os.path.abspath(image), os.path.abspath(relative_to))
+    obj = {"image": image, "expression": record.expression, "box": [round(v, 4) for v in record.box],
+           "id": record.id}
+    if record.split:
+        obj["split"] = record.split
+    return obj
+
+
+def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
+    """Write records as JSONL with image paths relative to the output file's folder; returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record_to_json(record, relative_to=path.parent), ensure_ascii=False) + "\n")
+            count += 1
+    return count

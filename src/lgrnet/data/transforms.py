@@ -1,0 +1,216 @@
+"""Train and eval transforms (spec 11.3 / 11.4), the letterbox and its inverse.
+
+A transform takes ``(PIL RGB image, expression, box (x1, y1, x2, y2) original pixels)`` and returns a
+:class:`TransformedSample`: the ImageNet-normalised image letterboxed onto an S x S zero canvas, the padding mask
+(True = pad), the box as (cx, cy, w, h) / S on the canvas, the (possibly flipped) expression, and the affine map
+``canvas = original * scale + offset`` (per axis) that :func:`canvas_to_original` inverts.
+
+Geometry goes through ``torchvision.transforms.v2.functional`` on ``tv_tensors.BoundingBoxes`` (float64, so the
+sub-pixel box precision survives every resize/crop/flip). Fixes to the reference (spec 15.18): the random crop
+accepts a window only if it contains the box centre (x against the left edge, y against the top) and leaves a
+box of positive area; the optional flip swaps left/right as whole words.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image, ImageFilter
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from lgrnet.data.spatial import is_spatial, swap_left_right
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Spec 11.3 branch B: short side to one of these, then a random crop of side in [CROP_MIN, CROP_MAX].
+SHORT_SIDES = (400, 500, 600)
+CROP_MIN, CROP_MAX, CROP_TRIES = 384, 600, 20
+
+
+@dataclass
+class TransformedSample:
+    image: torch.Tensor  # [3, S, S] float32, normalised, zero padding
+    mask: torch.Tensor  # [S, S] bool, True = padding
+    box: torch.Tensor  # [4] float32 (cx, cy, w, h) / S on the canvas
+    expression: str
+    scale: tuple[float, float]  # canvas = original * scale + offset (sx < 0 after a horizontal flip)
+    offset: tuple[float, float]
+    original_size: tuple[int, int]  # (w, h)
+    canvas_size: int
+
+
+class _Geometry:
+    """The image, its box and the running affine map from original pixels to the current image."""
+
+    def __init__(self, image: Image.Image, box: Sequence[float]):
+        self.image = image
+        w, h = image.size
+        self.box = tv_tensors.BoundingBoxes(
+            torch.tensor([list(box)], dtype=torch.float64), format="XYXY", canvas_size=(h, w)
+        )
+        self.sx, self.sy, self.dx, self.dy = 1.0, 1.0, 0.0, 0.0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    def resize(self, new_w: int, new_h: int) -> None:
+        w, h = self.image.size
+        if (new_w, new_h) == (w, h):
+            return
+        self.image = F.resize(self.image, [new_h, new_w], interpolation=v2.InterpolationMode.BILINEAR)
+        self.box = F.resize(self.box, [new_h, new_w])
+        rx, ry = new_w / w, new_h / h
+        self.sx, self.sy, self.dx, self.dy = self.sx * rx, self.sy * ry, self.dx * rx, self.dy * ry
+
+    def resize_long_side(self, side: int) -> None:
+        w, h = self.image.size
+        r = side / max(w, h)
+        self.resize(max(1, round(w * r)), max(1, round(h * r)))
+
+    def resize_short_side(self, side: int) -> None:
+        w, h = self.image.size
+        r = side / min(w, h)
+        self.resize(max(1, round(w * r)), max(1, round(h * r)))
+
+    def crop(self, left: int, top: int, width: int, height: int) -> None:
+        self.image = F.crop(self.image, top, left, height, width)
+        self.box = F.crop(self.box, top, left, height, width)  # shifts and clamps to the window
+        self.dx, self.dy = self.dx - left, self.dy - top
+
+    def hflip(self) -> None:
+        w = self.image.size[0]
+        self.image = F.horizontal_flip(self.image)
+        self.box = F.horizontal_flip(self.box)
+        self.sx, self.dx = -self.sx, w - self.dx
+
+
+def _letterbox(geo: _Geometry, size: int, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise, paste at (top, left) on a zero S x S canvas; mask True = pad; box -> (cx, cy, w, h) / S."""
+    pixels = F.to_dtype(F.pil_to_tensor(geo.image), torch.float32, scale=True)
+    pixels = F.normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    _, h, w = pixels.shape
+    canvas = torch.zeros(3, size, size, dtype=torch.float32)
+    canvas[:, top : top + h, left : left + w] = pixels
+    mask = torch.ones(size, size, dtype=torch.bool)
+    mask[top : top + h, left : left + w] = False
+    geo.dx, geo.dy = geo.dx + left, geo.dy + top
+    x1, y1, x2, y2 = geo.box[0].tolist()
+    x1, x2, y1, y2 = x1 + left, x2 + left, y1 + top, y2 + top
+    box = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float64) / size
+    return canvas, mask, box.float()
+
+
+def _sample(geo: _Geometry, expression: str, canvas: torch.Tensor, mask: torch.Tensor, box: torch.Tensor,
+            original_size: tuple[int, int], size: int) -> TransformedSample:
+    return TransformedSample(canvas, mask, box, expression, (geo.sx, geo.sy), (geo.dx, geo.dy), original_size, size)
+
+
+class EvalTransform:
+    """Spec 11.4: long side to S (rounded), normalise, centred letterbox."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, image: Image.Image, expression: str, box: Sequence[float]) -> TransformedSample:
+        original_size = image.size
+        geo = _Geometry(image, box)
+        geo.resize_long_side(self.image_size)
+        w, h = geo.size
+        top, left = (self.image_size - h) // 2, (self.image_size - w) // 2
+        canvas, mask, out_box = _letterbox(geo, self.image_size, top, left)
+        return _sample(geo, expression, canvas, mask, out_box, original_size, self.image_size)
+
+
+class TrainTransform:
+    """Spec 11.3 training augmentation, with the reference's crop and flip bugs fixed (see module docstring).
+
+    1. RandomSelect: spatial expressions (paper word list, whole words) always take branch A; others take
+       branch B with probability 0.5 when ``augment.crop``. A: long side to s ~ scales. B: short side to one of
+       {400, 500, 600}, random crop of side U{384..600} containing the box centre, then long side to s.
+    2. Colour jitter with probability ``color_jitter_prob``: brightness/contrast/saturation factors
+       U(1 - j, 1 + j) in random order. 3. Optional Gaussian blur (p 0.5, radius U(0.1, 2)).
+    4. Optional horizontal flip (p 0.5) swapping the words left/right. 5. Normalise, letterbox at a random
+       position (``augment.translate``) or centred.
+    """
+
+    def __init__(self, image_size: int, augment: Any):
+        self.image_size = image_size
+        self.augment = augment
+        scales = [min(int(s), image_size) for s in augment.scales] or [image_size]
+        self.scales = scales
+        j = float(augment.color_jitter)
+        self.jitter = (
+            v2.RandomApply([v2.ColorJitter(brightness=j, contrast=j, saturation=j)], p=augment.color_jitter_prob)
+            if j > 0 and augment.color_jitter_prob > 0
+            else None
+        )
+
+    def __call__(self, image: Image.Image, expression: str, box: Sequence[float]) -> TransformedSample:
+        original_size = image.size
+        geo = _Geometry(image, box)
+        if self.augment.crop and not is_spatial(expression) and random.random() < 0.5:
+            geo.resize_short_side(random.choice(SHORT_SIDES))
+            self._random_crop(geo)
+        geo.resize_long_side(random.choice(self.scales))
+        if self.jitter is not None:
+            geo.image = self.jitter(geo.image)
+        if self.augment.blur and random.random() < 0.5:
+            geo.image = geo.image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        if self.augment.flip and random.random() < 0.5:
+            geo.hflip()
+            expression = swap_left_right(expression)
+        w, h = geo.size
+        if self.augment.translate:
+            top, left = random.randint(0, self.image_size - h), random.randint(0, self.image_size - w)
+        else:
+            top, left = (self.image_size - h) // 2, (self.image_size - w) // 2
+        canvas, mask, out_box = _letterbox(geo, self.image_size, top, left)
+        return _sample(geo, expression, canvas, mask, out_box, original_size, self.image_size)
+
+    @staticmethod
+    def _random_crop(geo: _Geometry) -> None:
+        """RandomSizeCrop(384, 600) that keeps the target: the window must contain the box centre."""
+        w, h = geo.size
+        x1, y1, x2, y2 = geo.box[0].tolist()
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        for _ in range(CROP_TRIES):
+            cw = random.randint(min(CROP_MIN, w), min(w, CROP_MAX))
+            ch = random.randint(min(CROP_MIN, h), min(h, CROP_MAX))
+            left, top = random.randint(0, w - cw), random.randint(0, h - ch)
+            inside = left <= cx < left + cw and top <= cy < top + ch
+            clipped_w = min(x2, left + cw) - max(x1, left)
+            clipped_h = min(y2, top + ch) - max(y1, top)
+            if inside and clipped_w > 0 and clipped_h > 0:
+                geo.crop(left, top, cw, ch)
+                return
+
+
+def canvas_to_original(boxes: torch.Tensor, metas: Sequence[Any], clamp: bool = True) -> torch.Tensor:
+    """Map normalised canvas boxes (cx, cy, w, h) [B, 4] to (x1, y1, x2, y2) original pixels [B, 4].
+
+    ``metas`` are :class:`~lgrnet.data.batch.SampleMeta` (or anything with ``scale``, ``offset``,
+    ``canvas_size``, ``original_size``). With ``clamp`` the result is clipped to the original image.
+    """
+    boxes = boxes.detach().to(torch.float64).cpu()
+    if boxes.ndim != 2 or boxes.shape[-1] != 4 or boxes.shape[0] != len(metas):
+        raise ValueError(f"expected boxes [B, 4] with B = {len(metas)} metas, got {tuple(boxes.shape)}")
+    out = torch.empty_like(boxes)
+    for i, meta in enumerate(metas):
+        size = meta.canvas_size
+        cx, cy, w, h = (boxes[i] * size).tolist()
+        (sx, sy), (dx, dy) = meta.scale, meta.offset
+        xa, xb = ((cx - w / 2) - dx) / sx, ((cx + w / 2) - dx) / sx
+        ya, yb = ((cy - h / 2) - dy) / sy, ((cy + h / 2) - dy) / sy
+        out[i] = torch.tensor([min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)], dtype=torch.float64)
+        if clamp:
+            width, height = meta.original_size
+            out[i, 0::2] = out[i, 0::2].clamp(0, width)
+            out[i, 1::2] = out[i, 1::2].clamp(0, height)
+    return out.float()
