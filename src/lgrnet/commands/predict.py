@@ -1,0 +1,192 @@
+"""``lgrnet predict``: ground one expression in one image, or many (image, expression) pairs from a JSONL file.
+
+One pair::
+
+    lgrnet predict --checkpoint CKPT --image kitchen.jpg --text "the red mug" [--out overlay.png] [--json]
+
+Many pairs (one JSON object per line: ``{"image": "...", "expression": "..."}``, optional ``"id"``; relative image
+paths are taken relative to the JSONL file)::
+
+    lgrnet predict --checkpoint CKPT --input requests.jsonl --output predictions.jsonl
+
+A bad line or image is reported on stderr with its line number and skipped; the other lines are still written.
+The exit status is 0 when every line was predicted, 1 when some were skipped, 2 on a fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lgrnet.errors import DataError, LGRNetError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="ground an expression in an image (or many, from a JSONL file)",
+        description="Ground a referring expression in an image with a trained LGR-NET checkpoint.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (config.yaml + model.safetensors) or hub id")
+    single = parser.add_argument_group("one image")
+    single.add_argument("--image", help="image file")
+    single.add_argument("--text", help="the referring expression")
+    single.add_argument("--out", help="write a PNG with the box, the coordinate point (and attention with --attention)")
+    single.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
+    single.add_argument("--gt", metavar="X1,Y1,X2,Y2", help="ground-truth box in image pixels, drawn in --out")
+    single.add_argument("--attention", action="store_true",
+                        help="add per-layer attention heat maps and word attention to --out (and to --json)")
+    single.add_argument("--layers", metavar="I,J", help="layers (1-based) to draw with --attention; default: all")
+    many = parser.add_argument_group("many pairs")
+    many.add_argument("--input", help="JSONL file of {\"image\": ..., \"expression\": ...} requests")
+    many.add_argument("--output", help="JSONL file to write the predictions to")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (JSONL mode)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (JSONL mode)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    single = args.image is not None or args.text is not None
+    many = args.input is not None or args.output is not None
+    if single == many:
+        raise LGRNetError("give either --image and --text, or --input and --output")
+    if single and (args.image is None or args.text is None):
+        raise LGRNetError("--image and --text go together")
+    if many and (args.input is None or args.output is None):
+        raise LGRNetError("--input and --output go together")
+    if args.batch_size < 1:
+        raise LGRNetError(f"--batch-size must be at least 1, got {args.batch_size}")
+    gt = _parse_box(args.gt) if args.gt else None
+    layers = _parse_layers(args.layers) if args.layers else None
+    if many and not Path(args.input).is_file():
+        raise DataError(f"--input {args.input}: no such file")
+
+    from lgrnet.inference.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
+                                          batch_size=args.batch_size)
+    if single:
+        return _run_single(predictor, args, gt, layers)
+    return _run_many(predictor, Path(args.input), Path(args.output), args.batch_size, not args.no_progress)
+
+
+def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
+    prediction = predictor.predict(args.image, args.text, attention=args.attention)
+    if args.out:
+        from lgrnet.inference.visualize import render_figure, save_png
+
+        if layers is not None and prediction.num_layers and max(layers) > prediction.num_layers:
+            raise LGRNetError(f"--layers: the model has {prediction.num_layers} layers")
+        chosen = [v - 1 for v in layers] if layers is not None else None
+        save_png(render_figure(args.image, prediction, layers=chosen, ground_truth=gt), args.out)
+    record = {"image": args.image, **prediction.to_dict(attention=args.attention)}
+    if args.out:
+        record["overlay"] = args.out
+    if args.json:
+        print(json.dumps(record, ensure_ascii=False))
+    else:
+        x1, y1, x2, y2 = prediction.box_xyxy
+        print(f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}) px; "
+              f"coordinate (x, y) = ({prediction.coord[0]:.3f}, {prediction.coord[1]:.3f})")
+        if prediction.expression_truncated:
+            print(f"note: the expression was cut to {predictor.max_length} word pieces", file=sys.stderr)
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def _read_requests(path: Path):
+    """Yield (line number, request dict or error message) for each non-blank line."""
+    base = path.resolve().parent
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, f"not valid JSON ({exc.msg})"
+                continue
+            if not isinstance(request, dict):
+                yield number, "expected a JSON object"
+                continue
+            image = request.get("image")
+            expression = request.get("expression", request.get("text"))
+            if not isinstance(image, str) or not image:
+                yield number, "missing \"image\" (a path)"
+                continue
+            if not isinstance(expression, str):
+                yield number, "missing \"expression\" (a string)"
+                continue
+            image_path = Path(image) if Path(image).is_absolute() else base / image
+            yield number, {"id": request.get("id"), "image": image, "path": image_path, "expression": expression}
+
+
+def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: bool) -> int:
+    from tqdm import tqdm
+
+    with source.open("rb") as handle:
+        total = sum(1 for line in handle if line.strip())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = skipped = 0
+    bar = tqdm(total=total, unit="pair", desc="predict", disable=not progress, file=sys.stderr)
+
+    def report(number: int, message: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        tqdm.write(f"lgrnet predict: {source}:{number}: skipped: {message}", file=sys.stderr)
+
+    def flush(batch: list[tuple[int, dict[str, Any]]], out) -> None:
+        nonlocal written
+        results = predictor.predict_many([(r["path"], r["expression"]) for _, r in batch], batch_size=batch_size)
+        for (number, request), result in zip(batch, results):
+            if isinstance(result, LGRNetError):
+                report(number, str(result))
+                continue
+            record = {"line": number, "id": request["id"], "image": request["image"], **result.to_dict()}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+        bar.update(len(batch))
+
+    with target.open("w", encoding="utf-8") as out:
+        batch: list[tuple[int, dict[str, Any]]] = []
+        for number, request in _read_requests(source):
+            if isinstance(request, str):
+                report(number, request)
+                bar.update(1)
+                continue
+            batch.append((number, request))
+            if len(batch) == batch_size:
+                flush(batch, out)
+                batch = []
+        if batch:
+            flush(batch, out)
+    bar.close()
+    print(f"lgrnet predict: wrote {written} predictions to {target}" + (f", skipped {skipped} lines" if skipped else ""),
+          file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise LGRNetError(f"--gt {text!r}: expected four numbers X1,Y1,X2,Y2") from None
+    if len(values) != 4:
+        raise LGRNetError(f"--gt {text!r}: expected four numbers X1,Y1,X2,Y2")
+    return values  # type: ignore[return-value]
+
+
+def _parse_layers(text: str) -> list[int]:
+    try:
+        layers = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LGRNetError(f"--layers {text!r}: expected 1-based layer numbers such as 1,3,6") from None
+    if not layers or min(layers) < 1:
+        raise LGRNetError(f"--layers {text!r}: expected 1-based layer numbers such as 1,3,6")
+    return layers

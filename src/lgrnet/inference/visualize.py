@@ -1,0 +1,267 @@
+"""Pictures of a prediction, in the manner of the paper's Fig. 5 and 6 (PIL only, no plotting library).
+
+* :func:`draw_prediction`: the image with the predicted box, the predicted coordinate point (paper III-B), the
+  ground-truth box when known, and the expression as a caption.
+* :func:`attention_overlay`: the prediction token's attention over visual tokens for one layer, as a heat map
+  over the original image (token grids upsampled, letterbox undone; see :mod:`lgrnet.inference.attention`).
+* :func:`word_attention_panel`: the attention over the words of the expression, one row per layer: each word on a
+  background whose strength is its weight, with a bar under it.
+* :func:`render_figure`: all of it in one PNG-ready image; :func:`save_png` writes it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from lgrnet.inference.images import ImageInput, as_rgb_image
+from lgrnet.inference.predictor import Prediction
+
+PRED_COLOR = (230, 40, 40)
+GT_COLOR = (40, 200, 70)
+POINT_COLOR = (255, 215, 0)
+TEXT_COLOR = (20, 20, 20)
+BACKGROUND = (255, 255, 255)
+
+# Anchor colours of the heat-map scale (dark blue -> blue -> cyan -> yellow -> red), "jet"-like as in the paper.
+_ANCHORS = np.array([[0, 0, 110], [0, 60, 255], [0, 220, 255], [255, 230, 0], [220, 20, 0]], dtype=np.float32)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """[H, W] values in [0, 1] -> [H, W, 3] uint8 colours (piecewise-linear over the anchor colours)."""
+    values = np.clip(np.nan_to_num(values.astype(np.float32)), 0.0, 1.0) * (len(_ANCHORS) - 1)
+    low = np.floor(values).astype(np.int64).clip(0, len(_ANCHORS) - 2)
+    frac = (values - low)[..., None]
+    colours = _ANCHORS[low] * (1 - frac) + _ANCHORS[low + 1] * frac
+    return colours.round().astype(np.uint8)
+
+
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's bundled scalable font at ``size`` px (falls back to the fixed bitmap font on old Pillow builds)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # pragma: no cover - Pillow < 10.1 or without FreeType
+        return ImageFont.load_default()
+
+
+def _safe_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fnt, fill) -> None:
+    """Draw text; characters the font cannot encode (bitmap font + emoji) degrade to '?' instead of raising."""
+    try:
+        draw.text(xy, text, font=fnt, fill=fill)
+    except UnicodeEncodeError:
+        draw.text(xy, text.encode("latin-1", "replace").decode("latin-1"), font=fnt, fill=fill)
+
+
+def _text_width(draw: ImageDraw.ImageDraw, text: str, fnt) -> float:
+    try:
+        return draw.textlength(text, font=fnt)
+    except UnicodeEncodeError:
+        return draw.textlength(text.encode("latin-1", "replace").decode("latin-1"), font=fnt)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, fnt, width: float, max_lines: int = 3) -> list[str]:
+    """Greedy word wrap to ``width`` pixels, at most ``max_lines`` lines (the last one ellipsised)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        while _text_width(draw, word, fnt) > width and len(word) > 1:  # break words longer than a line
+            cut = max(1, int(len(word) * width / max(_text_width(draw, word, fnt), 1.0)) - 1)
+            if current:
+                lines.append(current)
+                current = ""
+            lines.append(word[:cut])
+            word = word[cut:]
+        candidate = f"{current} {word}".strip()
+        if _text_width(draw, candidate, fnt) <= width:
+            current = candidate
+        else:
+            lines.append(current)
+            current = word
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and _text_width(draw, last + " ...", fnt) > width:
+            last = last[:-1]
+        lines[-1] = last + " ..."
+    return lines or [""]
+
+
+def _line_width(image: Image.Image) -> int:
+    return max(2, round(max(image.size) / 200))
+
+
+def _dashed_rectangle(draw: ImageDraw.ImageDraw, box: Sequence[float], color, width: int, dash: int) -> None:
+    x1, y1, x2, y2 = box
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = max(abs(bx - ax), abs(by - ay))
+        steps = max(1, int(length // (2 * dash)))
+        for k in range(steps + 1):
+            t0, t1 = min(1.0, 2 * k * dash / max(length, 1)), min(1.0, (2 * k + 1) * dash / max(length, 1))
+            if t0 >= 1.0:
+                break
+            draw.line([(ax + (bx - ax) * t0, ay + (by - ay) * t0), (ax + (bx - ax) * t1, ay + (by - ay) * t1)],
+                      fill=color, width=width)
+
+
+def _draw_point(draw: ImageDraw.ImageDraw, xy: Sequence[float], radius: int) -> None:
+    x, y = xy
+    draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=POINT_COLOR, outline=(0, 0, 0),
+                 width=max(1, radius // 3))
+
+
+def add_caption(image: Image.Image, text: str, max_lines: int = 3) -> Image.Image:
+    """The image with a white band under it holding ``text`` (wrapped, at most ``max_lines`` lines)."""
+    size = max(12, round(image.width / 28))
+    fnt = font(size)
+    probe = ImageDraw.Draw(image)
+    lines = _wrap(probe, text, fnt, image.width - size, max_lines)
+    band = round(len(lines) * size * 1.3 + size * 0.6)
+    canvas = Image.new("RGB", (image.width, image.height + band), BACKGROUND)
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        _safe_text(draw, (size / 2, image.height + size * 0.3 + i * size * 1.3), line, fnt, TEXT_COLOR)
+    return canvas
+
+
+def draw_prediction(
+    image: ImageInput,
+    prediction: Prediction,
+    ground_truth: Sequence[float] | None = None,
+    caption: bool = True,
+) -> Image.Image:
+    """Predicted box (red), coordinate point (yellow), ground-truth box (green, dashed) and the expression."""
+    canvas = as_rgb_image(image)
+    if canvas.size != tuple(prediction.image_size):
+        raise ValueError(f"image is {canvas.size}, the prediction was made on an image of {prediction.image_size}")
+    draw = ImageDraw.Draw(canvas)
+    width = _line_width(canvas)
+    if ground_truth is not None:
+        _dashed_rectangle(draw, [float(v) for v in ground_truth], GT_COLOR, width, dash=4 * width)
+    draw.rectangle(prediction.box_xyxy, outline=PRED_COLOR, width=width)
+    _draw_point(draw, prediction.coord_xy, radius=2 * width + 1)
+    if caption:
+        label = prediction.expression
+        if ground_truth is not None:
+            label += "   (red: prediction, green dashed: ground truth, yellow: coordinate)"
+        canvas = add_caption(canvas, label)
+    return canvas
+
+
+def attention_overlay(image: ImageInput, prediction: Prediction, layer: int = -1, alpha: float = 0.6,
+                      box: bool = True) -> Image.Image:
+    """The layer's attention over visual tokens as a heat map on the image (with the predicted box)."""
+    base = as_rgb_image(image)
+    heat = prediction.attention_map(layer, normalize=True)
+    colours = colormap(heat).astype(np.float32)
+    # Weak attention lets the photo show through; strong attention is mostly colour.
+    weight = (alpha * (0.35 + 0.65 * heat))[..., None]
+    mixed = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
+    out = Image.fromarray(mixed.round().clip(0, 255).astype(np.uint8), mode="RGB")
+    if box:
+        ImageDraw.Draw(out).rectangle(prediction.box_xyxy, outline=PRED_COLOR, width=_line_width(out))
+    return out
+
+
+def word_attention_panel(prediction: Prediction, layers: Sequence[int], width: int) -> Image.Image:
+    """Rows of coloured words, one per layer: background strength and the bar under a word show its weight."""
+    size = max(12, round(width / 45))
+    fnt = font(size)
+    gap = round(size * 0.45)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = _text_width(probe, "layer 00 ", fnt) + gap
+    row_height = round(size * 1.9)
+    rows: list[list[tuple[float, float, str, float]]] = []  # per layer: (x, line, word, share)
+    for layer in layers:
+        words = prediction.words(layer)
+        top = max((w for _, w in words), default=0.0) or 1.0
+        x, line, placed = label_width, 0, []
+        for word, weight in words:
+            w = _text_width(probe, word, fnt) + gap
+            if x + w > width - gap and x > label_width:
+                x, line = label_width, line + 1
+            placed.append((x, line, word, weight / top))
+            x += w + gap / 2
+        rows.append(placed)
+    height = gap + sum((1 + max((p[1] for p in r), default=0)) * row_height + gap for r in rows)
+    panel = Image.new("RGB", (width, max(height, row_height)), BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+    y = gap
+    for layer, placed in zip(layers, rows):
+        index = layer if layer >= 0 else prediction.num_layers + layer
+        _safe_text(draw, (gap, y + size * 0.2), f"layer {index + 1}", fnt, TEXT_COLOR)
+        for x, line, word, share in placed:
+            top = y + line * row_height
+            w = _text_width(draw, word, fnt) + gap
+            colour = tuple(int(255 - share * (255 - c)) for c in PRED_COLOR)  # white -> red with the weight
+            draw.rectangle([x, top, x + w, top + size * 1.35], fill=colour)
+            draw.rectangle([x, top + size * 1.45, x + w * share, top + size * 1.65], fill=(60, 60, 60))
+            _safe_text(draw, (x + gap / 2, top + size * 0.15), word, fnt, TEXT_COLOR)
+        y += (1 + max((p[1] for p in placed), default=0)) * row_height + gap
+    return panel
+
+
+def _fit_height(image: Image.Image, height: int) -> Image.Image:
+    width = max(1, min(round(image.width * height / image.height), 4 * height))
+    return image.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def _label(image: Image.Image, text: str) -> Image.Image:
+    size = max(12, round(image.height / 18))
+    band = round(size * 1.6)
+    out = Image.new("RGB", (image.width, image.height + band), BACKGROUND)
+    out.paste(image, (0, band))
+    _safe_text(ImageDraw.Draw(out), (size / 3, size * 0.25), text, font(size), TEXT_COLOR)
+    return out
+
+
+def render_figure(
+    image: ImageInput,
+    prediction: Prediction,
+    layers: Sequence[int] | None = None,
+    ground_truth: Sequence[float] | None = None,
+    tile_height: int = 320,
+) -> Image.Image:
+    """One picture: the box overlay, then (when the prediction carries attention) a heat map per chosen layer
+    and the word attention of those layers. ``layers`` are 0-based, negative from the end; default: all."""
+    base = as_rgb_image(image)
+    overlay = draw_prediction(base, prediction, ground_truth, caption=False)
+    tiles = [_label(_fit_height(overlay, tile_height), "prediction")]
+    if prediction.visual_attention is not None:
+        count = prediction.num_layers
+        layers = list(range(count)) if layers is None else [int(v) for v in layers]
+        for layer in layers:
+            if not -count <= layer < count:
+                raise ValueError(f"layer {layer}: the model has {count} layers (0..{count - 1})")
+        for layer in layers:
+            heat = attention_overlay(base, prediction, layer)
+            tiles.append(_label(_fit_height(heat, tile_height), f"layer {(layer % count) + 1} attention"))
+    gap = 8
+    width = sum(t.width for t in tiles) + gap * (len(tiles) + 1)
+    top = Image.new("RGB", (width, tiles[0].height + 2 * gap), BACKGROUND)
+    x = gap
+    for tile in tiles:
+        top.paste(tile, (x, gap))
+        x += tile.width + gap
+    figure = add_caption(top, prediction.expression)
+    if prediction.word_attention is not None and layers:
+        words = word_attention_panel(prediction, layers, figure.width)
+        both = Image.new("RGB", (figure.width, figure.height + words.height), BACKGROUND)
+        both.paste(figure, (0, 0))
+        both.paste(words, (0, figure.height))
+        figure = both
+    return figure
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write a PNG (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+    return path
