@@ -4,4 +4,17 @@ from lgrnet.config import Config, ConfigError, load_config, tiny_twin
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "load_config", "tiny_twin", "__version__"]
+__all__ = ["Config", "ConfigError", "LGRNet", "Predictor", "load_config", "tiny_twin", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import lgrnet` (and the CLI's --help) must not pull in torch/transformers.
+    if name == "LGRNet":
+        from lgrnet.model.lgrnet import LGRNet
+
+        return LGRNet
+    if name == "Predictor":
+        from lgrnet.inference.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'lgrnet' has no attribute {name!r}")

