@@ -1,0 +1,72 @@
+"""``lgrnet benchmark``: parameters, FLOPs, latency, throughput, memory and training rate of a preset, measured
+against its backbone floor in the same run (see :mod:`lgrnet.benchmark` and docs/performance.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lgrnet.errors import LGRNetError
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("benchmark", help="measure speed, FLOPs and memory against the backbone floor",
+                              description=__doc__)
+    p.add_argument("--preset", default="lgrnet-swin-s", help="preset name (default: %(default)s)")
+    p.add_argument("--config", help="YAML config file (overrides --preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. model.num_layers=3 (repeatable)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-sizes", type=_positive_ints, default=[1], help="comma-separated, e.g. 1,32")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32, or bf16/fp16 autocast")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (default mode)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time batch 1 with CUDA graphs (torch.compile mode=reduce-overhead)")
+    p.add_argument("--train", action="store_true", help="also time AdamW training steps")
+    p.add_argument("--train-batch-size", type=int, help="training batch (default: largest --batch-sizes)")
+    p.add_argument("--image-size", type=int, help="square input size (default: the config's model.image_size)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=20, help="timed inference calls (default: %(default)s)")
+    p.add_argument("--train-repeats", type=int, default=10, help="timed training steps (default: %(default)s)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--floor-only", action="store_true", help="measure only the backbone floor")
+    p.add_argument("--data-rate", type=float,
+                   help="samples/s of one data-loader worker (default: measured by benchmarks/data_pipeline.py "
+                        "when --train and that script is present; otherwise not reported)")
+    p.add_argument("--json", type=Path, help="write the full report as JSON here")
+    p.set_defaults(func=handler)
+
+
+def handler(args: argparse.Namespace) -> int:
+    from lgrnet.benchmark import BenchmarkSettings, run_benchmark
+    from lgrnet.config import load_config
+
+    if args.image_size is not None and (args.image_size <= 0 or args.image_size % 64):
+        raise LGRNetError(f"--image-size {args.image_size}: must be a positive multiple of 64")
+    if args.train_batch_size is not None and args.train_batch_size < 1:
+        raise LGRNetError(f"--train-batch-size {args.train_batch_size}: must be positive")
+    config = load_config(args.config or args.preset, args.overrides)
+    settings = BenchmarkSettings(
+        device=args.device, batch_sizes=args.batch_sizes, precision=args.precision, compile=args.compile,
+        cuda_graphs=args.cuda_graphs, train=args.train, train_batch_size=args.train_batch_size,
+        image_size=args.image_size, warmup=args.warmup, repeats=args.repeats, train_repeats=args.train_repeats,
+        flops=not args.no_flops, include_full=not args.floor_only, data_rate_per_worker=args.data_rate,
+    )
+    report = run_benchmark(config, settings, progress=lambda msg: print(f"[benchmark] {msg}", flush=True))
+    print(report.table())
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.to_json())
+        print(f"wrote {args.json}")
+    return 0
