@@ -115,9 +115,9 @@ def _draw_point(draw: ImageDraw.ImageDraw, xy: Sequence[float], radius: int) -> 
                  width=max(1, radius // 3))
 
 
-def add_caption(image: Image.Image, text: str, max_lines: int = 3) -> Image.Image:
+def add_caption(image: Image.Image, text: str, max_lines: int = 3, size: int | None = None) -> Image.Image:
     """The image with a white band under it holding ``text`` (wrapped, at most ``max_lines`` lines)."""
-    size = max(12, round(image.width / 28))
+    size = size or max(12, min(round(image.width / 28), 32))
     fnt = font(size)
     probe = ImageDraw.Draw(image)
     lines = _wrap(probe, text, fnt, image.width - size, max_lines)
@@ -171,7 +171,7 @@ def attention_overlay(image: ImageInput, prediction: Prediction, layer: int = -1
 
 def word_attention_panel(prediction: Prediction, layers: Sequence[int], width: int) -> Image.Image:
     """Rows of coloured words, one per layer: background strength and the bar under a word show its weight."""
-    size = max(12, round(width / 45))
+    size = max(12, min(round(width / 45), 20))
     fnt = font(size)
     gap = round(size * 0.45)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -249,7 +249,7 @@ def render_figure(
     for tile in tiles:
         top.paste(tile, (x, gap))
         x += tile.width + gap
-    figure = add_caption(top, prediction.expression)
+    figure = add_caption(top, prediction.expression, size=max(12, round(tile_height / 14)))
     if prediction.word_attention is not None and layers:
         words = word_attention_panel(prediction, layers, figure.width)
         both = Image.new("RGB", (figure.width, figure.height + words.height), BACKGROUND)

@@ -1,0 +1,37 @@
+"""``lgrnet demo --checkpoint CKPT [--host 127.0.0.1] [--port 7860]``: the Gradio web demo."""
+
+from __future__ import annotations
+
+import argparse
+
+from lgrnet.errors import LGRNetError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="web demo: upload an image, type an expression, see the box and the attention maps",
+        description="Serve the LGR-NET web demo (Gradio) for a trained checkpoint.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (config.yaml + model.safetensors) or hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise LGRNetError(f"--port {args.port}: expected 1..65535")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise LGRNetError("the demo needs gradio: pip install 'lgrnet[demo]'") from None
+    from lgrnet.demo.app import launch
+    from lgrnet.inference.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+    print(f"lgrnet demo: serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    launch(predictor, host=args.host, port=args.port)
+    return 0

@@ -1,0 +1,170 @@
+"""The web demo (``lgrnet demo``): upload an image, type an expression, see the box, the predicted coordinate
+point and the prediction token's attention maps (paper Fig. 5/6). Built with Gradio.
+
+The request handler (:class:`DemoHandler`) is plain Python and never raises: every failure, from an undecodable
+upload to an empty expression, comes back as a one-line message in the page, so no input can take the server down.
+Uploads are capped in bytes (by Gradio, before they reach the handler) and in pixels; expressions in characters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from lgrnet.errors import LGRNetError
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_MB = 10
+MAX_PIXELS = 40_000_000
+MAX_EXPRESSION_CHARS = 200
+
+
+@dataclass
+class DemoResult:
+    overlay: Image.Image | None  # image with box, coordinate point and caption
+    attention: Image.Image | None  # heat maps of the layers and word attention
+    result: dict[str, Any]  # JSON shown in the page: the prediction, or {"error": ...}
+    message: str  # one line of status text
+
+
+class DemoHandler:
+    """Turns one (image file, expression) request into a :class:`DemoResult`; never raises."""
+
+    def __init__(self, predictor: Any, max_pixels: int = MAX_PIXELS, max_chars: int = MAX_EXPRESSION_CHARS):
+        self.predictor = predictor
+        self.max_pixels = max_pixels
+        self.max_chars = max_chars
+
+    def __call__(self, image: Any, expression: str | None) -> DemoResult:
+        try:
+            return self._run(image, expression)
+        except LGRNetError as exc:
+            return _failure(str(exc))
+        except Exception as exc:  # the server must survive anything a user can upload
+            log.exception("demo request failed")
+            return _failure(f"internal error ({type(exc).__name__}); the request was not processed")
+
+    def _run(self, image: Any, expression: str | None) -> DemoResult:
+        from lgrnet.inference.images import as_rgb_image
+        from lgrnet.inference.visualize import draw_prediction, render_figure
+
+        if image is None:
+            return _failure("upload an image first (or pick an example below)")
+        text = (expression or "").strip()
+        if not text:
+            return _failure("type an expression describing one object, e.g. \"the red circle on the left\"")
+        if len(text) > self.max_chars:
+            return _failure(f"the expression has {len(text)} characters; the demo accepts at most {self.max_chars}")
+        rgb = as_rgb_image(image, max_pixels=self.max_pixels)
+        prediction = self.predictor.predict(rgb, text, attention=True)
+        overlay = draw_prediction(rgb, prediction)
+        figure = render_figure(rgb, prediction, tile_height=260)
+        result = prediction.to_dict()
+        message = f"box {_fmt(prediction.box_xyxy)} px, coordinate ({prediction.coord[0]:.3f}, {prediction.coord[1]:.3f})"
+        if prediction.expression_truncated:
+            message += f"; note: only the first {self.predictor.max_length} word pieces were read"
+        return DemoResult(overlay, figure, result, message)
+
+
+def _failure(message: str) -> DemoResult:
+    return DemoResult(None, None, {"error": message}, f"Error: {message}")
+
+
+def _fmt(box: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in box) + ")"
+
+
+def make_examples(folder: str | Path, count: int = 3) -> list[tuple[str, str]]:
+    """``count`` SynthRef scenes as PNG files in ``folder`` with one expression each: (path, expression)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    try:
+        from lgrnet.synth.generate import make_sample
+
+        for index in range(count):
+            _scene, image, entries, _ = make_sample(seed=0, split="val", index=index, num_expressions=1)
+            path = folder / f"synthref-{index}.png"
+            image.save(path, format="PNG")
+            examples.append((str(path), entries[0]["expression"]))
+    except Exception:  # the generator is optional for the demo: fall back to three hand-drawn scenes
+        log.warning("SynthRef generator unavailable; using built-in example scenes", exc_info=True)
+        examples = _fallback_examples(folder, count)
+    return examples
+
+
+def _fallback_examples(folder: Path, count: int) -> list[tuple[str, str]]:
+    scenes = [
+        ([("ellipse", (40, 60, 140, 160), "red"), ("rectangle", (200, 50, 300, 150), "blue")], "the red circle"),
+        ([("rectangle", (30, 120, 120, 200), "green"), ("ellipse", (180, 30, 290, 140), "orange")],
+         "the orange circle at the top right"),
+        ([("ellipse", (20, 20, 90, 90), "purple"), ("ellipse", (150, 100, 300, 220), "purple")],
+         "the bigger purple circle"),
+    ]
+    examples = []
+    for index, (shapes, expression) in enumerate(scenes[:count]):
+        image = Image.new("RGB", (320, 240), (235, 230, 220))
+        draw = ImageDraw.Draw(image)
+        for kind, box, colour in shapes:
+            getattr(draw, kind)(box, fill=colour)
+        path = folder / f"example-{index}.png"
+        image.save(path, format="PNG")
+        examples.append((str(path), expression))
+    return examples
+
+
+def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
+              max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXELS):
+    """The Gradio Blocks app around a :class:`~lgrnet.inference.predictor.Predictor`."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+    import gradio as gr
+
+    handler = DemoHandler(predictor, max_pixels=max_pixels, max_chars=max_chars)
+    if examples is None:
+        examples = make_examples(Path(tempfile.mkdtemp(prefix="lgrnet-demo-")))
+
+    def respond(image_path: str | None, expression: str | None):
+        out = handler(image_path, expression)
+        return out.overlay, out.attention, out.result, out.message
+
+    with gr.Blocks(title="LGR-NET demo") as app:
+        gr.Markdown(
+            "# LGR-NET: ground a phrase in an image\n"
+            f"Upload an image (at most {MAX_UPLOAD_MB} MB), type an expression that names one object "
+            f"(at most {max_chars} characters) and press **Locate**. Red: predicted box; yellow dot: the "
+            "model's predicted coordinate; heat maps: where the prediction token looks in each reasoning layer."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                # "filepath" so that the handler decodes (and bomb-checks) the upload itself.
+                image_in = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image-in",
+                                    sources=["upload", "clipboard"], height=320)
+                text_in = gr.Textbox(label="Expression", max_lines=2, max_length=max_chars, elem_id="expression",
+                                     placeholder="e.g. the small blue square left of the circle")
+                button = gr.Button("Locate", variant="primary", elem_id="locate")
+                status = gr.Textbox(label="Result", interactive=False, elem_id="status")
+            with gr.Column(scale=1):
+                overlay_out = gr.Image(type="pil", label="Prediction", elem_id="overlay", format="png", height=320)
+                result_out = gr.JSON(label="Prediction (JSON)", elem_id="result", height=220)
+        attention_out = gr.Image(type="pil", label="Attention per layer (heat maps, words)", elem_id="attention",
+                                 format="png")
+        gr.Examples(examples=[list(e) for e in examples], inputs=[image_in, text_in], label="SynthRef examples",
+                    elem_id="examples")
+        outputs = [overlay_out, attention_out, result_out, status]
+        button.click(respond, inputs=[image_in, text_in], outputs=outputs, api_name="locate")
+        text_in.submit(respond, inputs=[image_in, text_in], outputs=outputs)
+    return app
+
+
+def launch(predictor: Any, host: str = "127.0.0.1", port: int = 7860, **kwargs: Any) -> None:
+    """Build the app and serve it (blocks until interrupted)."""
+    app = build_app(predictor)
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name=host, server_port=port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True, **kwargs)
