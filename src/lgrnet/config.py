@@ -191,6 +191,8 @@ class TrainConfig:
     log_every: int = 20
     max_steps: int = 0  # 0 = no limit
     time_limit_minutes: float = 0.0  # 0 = no limit
+    # Model folder whose weights start a run (fine-tuning; not a resume: optimizer and schedule start fresh).
+    init_from: str | None = None
 
 
 @dataclass

@@ -1,0 +1,228 @@
+"""Atomic training checkpoints and ``--resume auto``.
+
+Layout under ``OUT/checkpoints/``: one folder per checkpoint, named ``last`` (end of the newest epoch), ``best``
+(best val Acc@0.5), ``epoch-0009`` (every k epochs, 0-based index as the reference) and ``step-00001234``
+(periodic, within an epoch; only the newest is kept). Each folder is a model folder written by
+:func:`lgrnet.model.io.save_model` (``config.yaml`` + ``model.safetensors``) plus ``training_state.pt``
+(optimizer, scheduler, gradient scaler, epoch, step, RNG states, full config YAML, metrics; loadable with
+``torch.load(weights_only=True)``) and a ``COMPLETE`` marker written last.
+
+Atomicity: a checkpoint is written into a hidden temporary folder, every file is fsync'ed, the marker goes in, and
+only then is the folder renamed into place (an existing folder of that name is first renamed aside and removed
+afterwards). A folder without ``COMPLETE`` is never picked, so a crash mid-write loses only that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lgrnet.errors import CheckpointError
+
+MARKER = "COMPLETE"
+STATE_FILE = "training_state.pt"
+# Test hook: pause (so a test can SIGKILL the process) while writing a checkpoint of this global step.
+PAUSE_ENV = "LGRNET_TEST_PAUSE_CHECKPOINT_AT_STEP"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    epoch: int  # epoch to continue with
+    step: int  # global optimizer steps done
+    batch_in_epoch: int  # optimizer steps done inside `epoch` (0 at an epoch boundary)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for item in sorted(folder.rglob("*")):
+        if item.is_file():
+            _fsync_path(item)
+    _fsync_path(folder)
+
+
+def write_checkpoint(root: Path, name: str, write_model: Callable[[Path], None], state: dict[str, Any]) -> Path:
+    """Atomically write checkpoint ``root/name``: ``write_model(folder)`` fills the model part, ``state`` goes to
+    ``training_state.pt``. Returns the final folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write_model(tmp)
+    _maybe_pause(int(state.get("step", -1)), tmp)
+    torch.save(state, tmp / STATE_FILE)
+    summary = {"epoch": state["epoch"], "step": state["step"], "batch_in_epoch": state["batch_in_epoch"],
+               "time": time.time()}
+    (tmp / MARKER).write_text(json.dumps(summary) + "\n")
+    _fsync_tree(tmp)
+    _replace(tmp, final)
+    return final
+
+
+def _replace(src: Path, dst: Path) -> None:
+    old = dst.parent / f".old-{dst.name}-{os.getpid()}"
+    if dst.exists():
+        os.replace(dst, old)  # between these two renames only `old` (complete) exists; resume finds it
+    os.replace(src, dst)
+    _fsync_path(dst.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def link_checkpoint(root: Path, source: Path, name: str) -> Path:
+    """Publish a copy of a finished checkpoint under another name (hard links: files are never rewritten)."""
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, tmp, copy_function=link)
+    _fsync_tree(tmp)
+    _replace(tmp, root / name)
+    return root / name
+
+
+def _maybe_pause(step: int, folder: Path) -> None:
+    target = os.environ.get(PAUSE_ENV)
+    if target is not None and int(target) == step:
+        print(f"LGRNET_TEST: paused writing checkpoint {folder}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
+def read_info(folder: Path) -> CheckpointInfo | None:
+    """The checkpoint's summary, or None when it is not complete."""
+    marker = folder / MARKER
+    if not marker.is_file() or not (folder / STATE_FILE).is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+        return CheckpointInfo(folder, int(data["epoch"]), int(data["step"]), int(data["batch_in_epoch"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def find_latest(output_dir: Path) -> CheckpointInfo | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints`` (most optimizer steps; `last` wins ties
+    so that an end-of-epoch checkpoint with its validation metrics is preferred)."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    found = [info for folder in root.iterdir() if folder.is_dir() and (info := read_info(folder)) is not None]
+    if not found:
+        return None
+    return max(found, key=lambda i: (i.step, i.epoch, i.path.name == "last"))
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> CheckpointInfo | None:
+    """``--resume``: None (fresh start), "auto" (newest complete checkpoint or a fresh start), or a path to a
+    checkpoint folder or to an output folder holding ``checkpoints/``."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return find_latest(output_dir)
+    path = Path(resume)
+    if not path.exists():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
+    info = read_info(path)
+    if info is not None:
+        return info
+    if (path / "checkpoints").is_dir():
+        latest = find_latest(path)
+        if latest is None:
+            raise CheckpointError(f"--resume {resume}: no complete checkpoint under {path / 'checkpoints'}")
+        return latest
+    raise CheckpointError(f"--resume {resume}: not a complete checkpoint (missing {MARKER} or {STATE_FILE})")
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    """``training_state.pt`` of a complete checkpoint, loaded safely (tensors and plain containers only)."""
+    if read_info(folder) is None:
+        raise CheckpointError(f"checkpoint {folder} is incomplete (no {MARKER} marker); it was never finished")
+    try:
+        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
+        raise CheckpointError(f"checkpoint {folder / STATE_FILE} cannot be read: {exc}") from None
+
+
+def prune_step_checkpoints(root: Path, keep: str | None) -> None:
+    """Remove ``step-*`` folders other than ``keep`` and stale temporary folders of this process."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        stale_step = folder.name.startswith("step-") and folder.name != keep
+        own_temporary = folder.name.startswith((".tmp-", ".old-")) and folder.name.endswith(f"-{os.getpid()}")
+        if stale_step or own_temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Delete leftovers of a crashed writer (never complete checkpoints, except `.old-*` already superseded)."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if folder.name.startswith(".tmp-"):
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.name.startswith(".old-"):
+            final = root / folder.name[len(".old-"):].rsplit("-", 1)[0]
+            if read_info(final) is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# RNG states as plain tensors/lists (``weights_only`` loading admits no numpy arrays)
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's python, numpy, torch (and CUDA) RNG states."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype("uint32"), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,147 @@
+"""Evaluation loop (spec section 12): metrics on the canvas and in original pixels, and per-sample predictions.
+
+Every rank evaluates its share of the split (the data pipeline's evaluation sampler gives each sample to exactly
+one rank, fixing spec 15.19), hits and IoU sums are added over ranks, and predictions are gathered on rank 0.
+Evaluation runs without autocast by default, as the reference (fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lgrnet.data.spatial import is_spatial
+from lgrnet.data.transforms import canvas_to_original
+from lgrnet.engine.distributed import DistInfo
+from lgrnet.engine.metrics import MetricAccumulator, canvas_iou, paired_iou
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for "bf16"/"fp16", a no-op for "off"."""
+    if precision == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: str = "off",
+             collect_predictions: bool = False) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
+    """Metrics of ``model`` on ``loader`` (reduced over ranks) and, when asked, the predictions (rank 0 only:
+    others get None), each with its box in original-image pixels."""
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator()
+    predictions: list[dict[str, Any]] = []
+    try:
+        for batch in loader:
+            batch = batch.to(info.device, non_blocking=True)
+            inputs = batch.model_inputs()
+            inputs.pop("target_boxes", None)
+            with autocast(info.device, precision):
+                output = model(**inputs)
+            pred = output.pred_boxes.float().cpu()
+            gt = batch.boxes.float().cpu()
+            iou_c = canvas_iou(pred, gt)
+            pred_orig = canvas_to_original(pred.clamp(0.0, 1.0), batch.meta, clamp=True)
+            known = all(m.original_box is not None for m in batch.meta)
+            iou_o = None
+            if known:
+                gt_orig = torch.tensor([list(m.original_box) for m in batch.meta], dtype=torch.float32)
+                iou_o = paired_iou(pred_orig, gt_orig)
+            spatial = [is_spatial(m.expression) for m in batch.meta]
+            acc.update(iou_c, iou_o, spatial)
+            if collect_predictions:
+                for i, meta in enumerate(batch.meta):
+                    predictions.append({
+                        "id": meta.id,
+                        "image": meta.image,
+                        "expression": meta.expression,
+                        "box": [round(v, 2) for v in pred_orig[i].tolist()],
+                        "gt_box": list(meta.original_box) if meta.original_box is not None else None,
+                        "iou": round(float(iou_o[i]), 5) if iou_o is not None else None,
+                        "iou_canvas": round(float(iou_c[i]), 5),
+                        "spatial": spatial[i],
+                    })
+    finally:
+        model.train(was_training)
+    metrics = acc.compute(info)
+    if not collect_predictions:
+        return metrics, None
+    return metrics, _gather_predictions(predictions, info)
+
+
+def _gather_predictions(local: list[dict[str, Any]], info: DistInfo) -> list[dict[str, Any]] | None:
+    """Rank 0 gets all predictions in dataset order (rank r holds samples r, r + W, ...: interleave them)."""
+    if not info.distributed:
+        return local
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, local)
+    if not info.is_main:
+        return None
+    merged = []
+    longest = max(len(p) for p in parts)
+    for k in range(longest):
+        for part in parts:
+            if k < len(part):
+                merged.append(part[k])
+    return merged
+
+
+def write_predictions(predictions: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in predictions:
+            f.write(json.dumps(row) + "\n")
+
+
+def resolve_model_folder(checkpoint: str) -> str:
+    """A model folder, or a training output folder (its ``checkpoints/best``, else ``checkpoints/last``), or a
+    hub id (returned unchanged for :func:`lgrnet.model.io.load_model`)."""
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / "config.yaml").is_file():
+        for name in ("best", "last"):
+            if (path / "checkpoints" / name / "config.yaml").is_file():
+                return str(path / "checkpoints" / name)
+        from lgrnet.errors import CheckpointError
+
+        raise CheckpointError(f"--checkpoint {checkpoint}: neither a model folder (config.yaml + model.safetensors) "
+                              "nor a training output folder with checkpoints/best or checkpoints/last")
+    return checkpoint
+
+
+def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: str = "val",
+                        batch_size: int | None = None, output: str | Path | None = None, device: str = "auto",
+                        precision: str = "off") -> dict[str, Any]:
+    """``lgrnet eval``: load a checkpoint, evaluate it on ``split`` of ``data_spec`` (see
+    :mod:`lgrnet.engine.dataspec`), optionally write per-sample predictions (original pixels) as JSONL.
+    Works in one process or under ``torchrun`` (samples are split over ranks and counted once)."""
+    from lgrnet.data.dataset import build_dataloader
+    from lgrnet.data.readers import load_records
+    from lgrnet.engine.dataspec import parse_dataspec
+    from lgrnet.engine.distributed import init_distributed
+    from lgrnet.model.io import load_model
+    from lgrnet.model.text import build_tokenizer
+
+    info = init_distributed(device)
+    model, config = load_model(resolve_model_folder(checkpoint), device=str(info.device))
+    config.data = parse_dataspec(data_spec, config.data)
+    records = load_records(config.data, split)
+    tokenizer = build_tokenizer(config.model.text)
+    loader = build_dataloader(records, config, tokenizer, train=False, batch_size=batch_size,
+                              distributed=info.distributed)
+    metrics, predictions = evaluate(model, loader, info, precision=precision, collect_predictions=output is not None)
+    result: dict[str, Any] = {"checkpoint": checkpoint, "split": split, "data": config.data.format,
+                              "root": config.data.root, **metrics}
+    if output is not None and predictions is not None:
+        write_predictions(predictions, Path(output))
+        result["predictions"] = str(output)
+    return result

@@ -1,0 +1,69 @@
+"""Optimizer and learning-rate schedule of spec section 10.
+
+AdamW (0.9, 0.999, eps 1e-8) with weight decay on every trainable parameter, as the reference; parameter groups
+by :meth:`LGRNet.param_group`: the backbone proper, the neck's 1x1 laterals and the text encoder at 1e-5, the
+query-dynamic attention and everything else at 1e-4. Frozen parameters are left out. The schedule is the
+reference's step decay over epochs (x ``lr_gamma`` at each of ``lr_drop_epochs``), with an optional linear
+warm-up over the first optimizer steps; it is stepped once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import torch
+from torch import nn
+
+from lgrnet.config import TrainConfig
+
+GROUP_LR_FIELDS = {"visual": "lr_visual", "neck_lateral": "lr_neck_lateral", "text": "lr_text", "qda": "lr_qda",
+                   "rest": "lr"}
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, one group per ``model.param_group(name)`` that has any."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group = model.param_group(name)  # type: ignore[operator]
+        if group not in GROUP_LR_FIELDS:
+            raise ValueError(f"param_group({name!r}) returned unknown group {group!r}")
+        groups.setdefault(group, []).append(param)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    param_groups = [
+        {"params": params, "lr": getattr(train, GROUP_LR_FIELDS[group]), "name": group}
+        for group, params in sorted(groups.items())
+    ]
+    return torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=train.weight_decay)
+
+
+class StepDecayWithWarmup:
+    """lr factor at optimizer step s: ``gamma ** (#milestones <= epoch(s)) * min(1, (s + 1) / warmup)``.
+
+    A plain object (its ``__dict__`` goes into the scheduler's state dict, loadable with ``weights_only``)."""
+
+    def __init__(self, steps_per_epoch: int, milestones: list[int], gamma: float, warmup_steps: int):
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.milestones = sorted(milestones)
+        self.gamma = gamma
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        epoch = step // self.steps_per_epoch
+        factor = self.gamma ** bisect.bisect_right(self.milestones, epoch)
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            factor *= (step + 1) / self.warmup_steps
+        return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    schedule = StepDecayWithWarmup(steps_per_epoch, list(train.lr_drop_epochs), train.lr_gamma, train.warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
