@@ -1,0 +1,102 @@
+"""``lgrnet data``: dataset statistics and conversion of every supported format to lgrnet's JSONL format.
+
+  lgrnet data stats --format transvg --root data                       # every <ds>/<ds>_<split>.pth under data/
+  lgrnet data stats --format transvg --root data --dataset unc --split val --split testA
+  lgrnet data stats --format jsonl --root my_data.jsonl
+  lgrnet data convert --format refer --root refer/data --dataset refcocog --split-by umd \\
+      --image-root coco/train2014 --split train --split val --output refcocog_umd.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lgrnet.errors import LGRNetError
+
+FORMATS = ("transvg", "refer", "vg", "jsonl", "synth")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="dataset statistics and conversion to JSONL", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--format", choices=FORMATS, default="transvg", help="input format (default: %(default)s)")
+        q.add_argument("--root", required=True, type=Path,
+                       help="transvg: split root holding <dataset>/; refer: folder with <dataset>/refs(...).p; "
+                            "vg: region_descriptions.json; jsonl/synth: a JSONL file or a folder of <split>.jsonl")
+        q.add_argument("--dataset", help="transvg key (unc, unc+, gref, gref_umd, referit, flickr) or refer dataset")
+        q.add_argument("--split", dest="splits", action="append", default=[], metavar="SPLIT",
+                       help="split to read (repeatable; default: every split found)")
+        q.add_argument("--split-by", default="unc", help="refer: refs(<split-by>).p (default: %(default)s)")
+        q.add_argument("--image-root", type=Path, help="folder the records' image names are joined to")
+
+    stats = sub.add_parser("stats", help="per split: records, images, expression length, spatial share")
+    common(stats)
+    stats.set_defaults(func=stats_handler)
+    convert = sub.add_parser("convert", help="write records as lgrnet JSONL (image paths relative to the output)")
+    common(convert)
+    convert.add_argument("--output", "-o", required=True, type=Path, help="JSONL file to write")
+    convert.set_defaults(func=convert_handler)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
+    """(label, records) for each requested split, read through the library's readers."""
+    from lgrnet.data.readers import read_jsonl, read_refer, read_transvg, read_visual_genome
+    from lgrnet.data.readers.transvg import BOX_FORMAT, SPLITS, split_file
+
+    root, fmt = args.root, args.format
+    image_root = args.image_root
+    out: list[tuple[str, list]] = []
+    if fmt == "transvg":
+        datasets = [args.dataset] if args.dataset else [d for d in BOX_FORMAT if (root / d).is_dir()]
+        if not datasets:
+            raise LGRNetError(f"--root {root}: no TransVG dataset folder ({', '.join(BOX_FORMAT)}) found")
+        for ds in datasets:
+            splits = args.splits or [s for s in SPLITS.get(ds, ()) if split_file(root, ds, s).is_file()]
+            for split in splits:
+                out.append((f"{ds} {split}", read_transvg(root, ds, split, image_root)))
+    elif fmt == "refer":
+        if not args.dataset:
+            raise LGRNetError("--dataset is required for --format refer (e.g. refcoco, refcocog)")
+        records = read_refer(root, args.dataset, args.split_by, None, image_root)
+        for split in args.splits or list(dict.fromkeys(r.split for r in records)):
+            out.append((f"{args.dataset}({args.split_by}) {split}", [r for r in records if r.split == split]))
+    elif fmt == "vg":
+        path = root / "region_descriptions.json" if root.is_dir() else root
+        out.append(("vg train", read_visual_genome(path, image_root)))
+    else:
+        files = [root / f"{s}.jsonl" for s in args.splits] if root.is_dir() and args.splits else (
+            sorted(root.glob("*.jsonl")) if root.is_dir() else [root])
+        for path in files:
+            records = read_jsonl(path)
+            if root.is_dir():
+                out.append((path.stem, records))
+                continue
+            for split in args.splits or list(dict.fromkeys(r.split for r in records)):
+                out.append((split or path.stem, [r for r in records if r.split == split] if split else records))
+    return out
+
+
+def stats_handler(args: argparse.Namespace) -> int:
+    from lgrnet.data.stats import format_table, split_stats
+
+    rows = [split_stats(label, records) for label, records in _sources(args)]
+    if not rows:
+        raise LGRNetError(f"--root {args.root}: no splits found")
+    print(format_table(rows))
+    return 0
+
+
+def convert_handler(args: argparse.Namespace) -> int:
+    from lgrnet.data.readers import write_jsonl
+
+    records = [r for _, recs in _sources(args) for r in recs]
+    if not records:
+        raise LGRNetError(f"--root {args.root}: no records to convert")
+    count = write_jsonl(records, args.output)
+    print(f"wrote {count:,} records to {args.output}")
+    return 0
