@@ -38,8 +38,9 @@ def test_convert_refer_round_trips_through_jsonl(tmp_path, capsys):
     assert main(["data", "convert", "--format", "refer", "--root", str(SHARED / "refer_format"), "--dataset",
                  "refcocog", "--split-by", "umd", "--image-root", str(tmp_path / "coco"), "-o", str(out)]) == 0
     assert "wrote 28 records" in capsys.readouterr().out
-    original = read_refer(SHARED / "refer_format", "refcocog", "umd", None, tmp_path / "coco")
-    converted = read_jsonl(out)
+    original = sorted(read_refer(SHARED / "refer_format", "refcocog", "umd", None, tmp_path / "coco"),
+                      key=lambda r: r.id)
+    converted = sorted(read_jsonl(out), key=lambda r: r.id)  # written grouped by split
     assert [(r.id, r.split, r.expression) for r in converted] == [(r.id, r.split, r.expression) for r in original]
     assert [Path(r.image).resolve() for r in converted] == [Path(r.image).resolve() for r in original]
     for a, b in zip(converted, original):
