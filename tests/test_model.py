@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
+from model_helpers import build, make_inputs
 
-from lgrnet.config import PRESETS, load_config, tiny_twin
+from lgrnet.config import PRESETS, load_config
 from lgrnet.model.lgrnet import LGRNet, LGRNetOutput
-
-
-def make_inputs(cfg, batch: int = 3, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    s = cfg.image_size
-    lengths = torch.tensor([length, 5, 8][:batch] + [6] * max(0, batch - 3))
-    ids = torch.randint(1000, 5000, (batch, length), generator=g)
-    attention = (torch.arange(length)[None] < lengths[:, None]).long()
-    ids = ids * attention
-    images = torch.randn(batch, 3, s, s, generator=g)
-    mask = torch.zeros(batch, s, s, dtype=torch.bool)
-    mask[0, :, s // 2:] = True  # letterbox padding on the right half of sample 0
-    mask[1, s * 3 // 4:, :] = True
-    boxes = torch.rand(batch, 4, generator=g) * 0.4 + 0.3
-    return {"images": images, "image_mask": mask, "input_ids": ids, "attention_mask": attention,
-            "target_boxes": boxes}
-
-
-def build(preset: str = "lgrnet-swin-s", seed: int = 0, **model_changes) -> tuple[LGRNet, object]:
-    cfg = tiny_twin(preset)
-    cfg.model = dataclasses.replace(cfg.model, **model_changes)
-    torch.manual_seed(seed)
-    return LGRNet(cfg.model, cfg.loss), cfg
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -140,3 +140,37 @@ class LGRNet(nn.Module):
                 return "neck_lateral"
             return "visual"
         return "rest"
+
+
+#: Parts of the model for parameter summaries: (label, parameter-name prefixes).
+MODEL_PARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("text encoder", ("text.",)),
+    ("visual backbone", ("visual.backbone.",)),
+    ("backbone QDA", ("visual.stage_qda.",)),
+    ("neck laterals", ("visual.neck.laterals.",)),
+    ("neck QDA (soft down-sampling)", ("visual.neck.down_qda.",)),
+    ("projections to D (text, visual)", ("tfe.text_proj.", "visual_proj.")),
+    ("position tables, prediction token", ("visual_pos.", "text_pos.", "pred_token.")),
+    ("TFE coordinate head", ("tfe.coordinate_head.",)),
+    ("TCA/TCF layers", ("reasoning.layers.",)),
+    ("shared final LayerNorm", ("reasoning.norm.",)),
+    ("prediction head", ("head.",)),
+    ("alignment (sentence/object proj., logit scale)", ("tfe.sentence_proj.", "criterion.")),
+]
+
+
+def parameter_summary(model: nn.Module) -> list[tuple[str, int, int]]:
+    """(part, parameters, trainable parameters) per :data:`MODEL_PARTS` entry, plus "other" if anything is left."""
+    rows = []
+    seen = set()
+    params = dict(model.named_parameters())
+    for label, prefixes in MODEL_PARTS:
+        names = [n for n in params if n.startswith(prefixes)]
+        seen.update(names)
+        rows.append((label, sum(params[n].numel() for n in names),
+                     sum(params[n].numel() for n in names if params[n].requires_grad)))
+    rest = [n for n in params if n not in seen]
+    if rest:
+        rows.append(("other", sum(params[n].numel() for n in rest),
+                     sum(params[n].numel() for n in rest if params[n].requires_grad)))
+    return rows

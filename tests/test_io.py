@@ -1,0 +1,86 @@
+"""Model folder save/load: exact reproduction, text weights omitted on request, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from model_helpers import make_inputs
+from safetensors.torch import load_file, save_file
+
+from lgrnet.config import tiny_twin
+from lgrnet.errors import CheckpointError
+from lgrnet.model.io import load_model, save_model
+from lgrnet.model.lgrnet import LGRNet
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    cfg = tiny_twin("lgrnet-swin-s")
+    torch.manual_seed(3)
+    model = LGRNet(cfg.model, cfg.loss).eval()
+    save_model(model, cfg, tmp_path / "m")
+    return model, cfg, tmp_path / "m"
+
+
+def test_save_and_load_reproduces_outputs_exactly(saved):
+    model, cfg, folder = saved
+    assert (folder / "config.yaml").is_file() and (folder / "model.safetensors").is_file()
+    loaded, loaded_cfg = load_model(folder)
+    assert loaded_cfg == cfg
+    assert not loaded.training
+    inputs = make_inputs(cfg.model)
+    with torch.no_grad():
+        a, b = model(**inputs), loaded(**inputs)
+    assert torch.equal(a.layer_boxes, b.layer_boxes)
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_text_weights_left_out_when_not_saved(tmp_path):
+    cfg = tiny_twin("lgrnet-swin-s")
+    cfg.model.text = dataclasses.replace(cfg.model.text, name="minilm", pretrained=True, config_overrides={},
+                                         freeze=True, save_weights=False)
+    torch.manual_seed(0)
+    model = LGRNet(cfg.model, cfg.loss).eval()
+    save_model(model, cfg, tmp_path / "m")
+    keys = load_file(str(tmp_path / "m" / "model.safetensors")).keys()
+    assert keys and not any(k.startswith("text.") for k in keys)
+    loaded, _ = load_model(tmp_path / "m")
+    inputs = make_inputs(cfg.model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).pred_boxes, loaded(**inputs).pred_boxes)
+
+
+def test_missing_folder_or_file_is_a_clear_error(saved, tmp_path):
+    _, _, folder = saved
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        load_model(folder)
+
+
+def test_mismatching_weights_are_a_clear_error(saved):
+    _, _, folder = saved
+    state = load_file(str(folder / "model.safetensors"))
+    state.pop("head.layers.0.weight")
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="1 missing keys.*head.layers.0.weight.*1 unexpected"):
+        load_model(folder)
+
+
+def test_wrong_shape_is_a_clear_error(saved):
+    _, _, folder = saved
+    state = load_file(str(folder / "model.safetensors"))
+    state["head.layers.0.weight"] = torch.zeros(3, 3)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="wrong shape.*head.layers.0.weight"):
+        load_model(folder)
+
+
+def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="cannot download model 'someone/some-lgrnet'"):
+        load_model("someone/some-lgrnet")
