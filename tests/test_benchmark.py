@@ -1,0 +1,148 @@
+"""The benchmark harness on tiny twins: it runs, fills every field of the table and the JSON, counts FLOPs
+correctly, and the fusion part compiles without graph breaks and attends through SDPA. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lgrnet import benchmark as bench
+from lgrnet.cli import main
+from lgrnet.config import tiny_twin
+from lgrnet.errors import LGRNetError
+
+
+def _settings(**kwargs) -> bench.BenchmarkSettings:
+    base = {"batch_sizes": [1, 2], "warmup": 1, "repeats": 2, "train_repeats": 1, "text_length": 12, "real_tokens": 6}
+    return bench.BenchmarkSettings(**{**base, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    return bench.benchmark_config(tiny_twin("lgrnet-swin-s"))
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_config):
+    return bench.run_benchmark(tiny_config, _settings(train=True, data_rate_per_worker=0.5))
+
+
+def test_report_has_every_figure_for_both_models(tiny_report):
+    assert set(tiny_report.models) == {"floor", "full"}
+    for result in tiny_report.models.values():
+        assert result.parameters > 0 and result.trainable_parameters <= result.parameters
+        assert result.gflops > 0 and result.gmacs == pytest.approx(result.gflops / 2)
+        assert [r.batch_size for r in result.inference] == [1, 2]
+        for r in result.inference:
+            assert len(r.samples_ms) == 2
+            assert r.latency_p90_ms >= r.latency_p50_ms > 0
+            assert r.images_per_s == pytest.approx(r.batch_size * 1000 / r.latency_p50_ms)
+            assert r.peak_memory_mib is None  # CPU: no allocator statistics
+        assert result.train is not None and result.train.batch_size == 2 and result.train.samples_per_s > 0
+    # The full model is the floor plus QDA, neck and fusion: strictly more parameters and FLOPs.
+    full, floor = tiny_report.models["full"], tiny_report.models["floor"]
+    assert full.parameters > floor.parameters and full.gflops > floor.gflops
+    assert set(full.flops_by_module) >= {"text", "visual", "reasoning", "head"}
+    assert sum(full.flops_by_module.values()) == pytest.approx(full.gflops, rel=0.01, abs=1e-3)
+
+
+def test_ratios_and_data_loading(tiny_report):
+    ratios = tiny_report.ratios
+    full, floor = tiny_report.models["full"], tiny_report.models["floor"]
+    assert ratios["parameters"] == pytest.approx(full.parameters / floor.parameters, rel=1e-3)
+    assert ratios["gflops"] == pytest.approx(full.gflops / floor.gflops, rel=1e-3)
+    for b in (1, 2):
+        assert ratios[f"latency_b{b}"] == pytest.approx(
+            full.inference[b - 1].latency_p50_ms / floor.inference[b - 1].latency_p50_ms, rel=1e-3)
+        assert ratios[f"latency_b{b}_paired_median"] > 0
+    assert ratios["train_samples_per_s"] > 0
+    loading = tiny_report.data_loading
+    assert loading["workers_needed"] == max(1, math.ceil(full.train.samples_per_s / 0.5))
+
+
+def test_table_and_json(tiny_report):
+    table = tiny_report.table()
+    for text in ("p50 ms", "img/s", "train/s", "floor", "full", "full / floor", "data loading"):
+        assert text in table
+    data = json.loads(tiny_report.to_json())
+    assert data["config_name"].endswith("tiny-twin") and data["image_size"] == 128
+    assert data["environment"]["torch"] == torch.__version__
+    assert {"latency_p50_ms", "latency_p90_ms", "images_per_s", "peak_memory_mib"} <= set(
+        data["models"]["full"]["inference"][0])
+
+
+def test_flop_counter_counts_one_mac_as_two_flops():
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, images, **_):
+            return self.fc(images)
+
+    flops, by_module = bench.count_flops(Two(), {"images": torch.zeros(3, 8)})
+    assert flops == 2 * 3 * 8 * 4
+    assert by_module == {"fc": flops}
+
+
+def test_flop_counter_counts_cpu_sdpa():
+    class Attend(nn.Module):
+        def forward(self, images, **_):
+            return nn.functional.scaled_dot_product_attention(images, images, images)
+
+    q = torch.zeros(2, 4, 10, 8)  # [B, heads, N, d]
+    flops, _ = bench.count_flops(Attend(), {"images": q})
+    assert flops == 2 * (2 * 2 * 4 * 10 * 10 * 8)  # QK^T and AV, 2 FLOPs per multiply-add
+
+
+def test_workers_needed_and_percentile():
+    assert bench.workers_needed(100.0, 30.0) == 4
+    assert bench.workers_needed(0.1, 30.0) == 1
+    with pytest.raises(LGRNetError, match="per-worker"):
+        bench.workers_needed(10.0, 0.0)
+    assert bench.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert bench.percentile([1.0, 2.0], 90) == pytest.approx(1.9)
+
+
+def test_floor_only_and_bad_settings(tiny_config):
+    report = bench.run_benchmark(tiny_config, _settings(batch_sizes=[1], include_full=False, flops=False))
+    assert set(report.models) == {"floor"} and report.ratios == {}
+    assert report.models["floor"].gflops is None
+    with pytest.raises(LGRNetError, match="CUDA graphs"):
+        bench.run_benchmark(tiny_config, _settings(cuda_graphs=True))
+    with pytest.raises(LGRNetError, match="fp16"):
+        bench.run_benchmark(tiny_config, _settings(precision="fp16"))
+
+
+def test_fusion_part_has_no_graph_breaks(tiny_config):
+    model = bench.build_full_model(tiny_config)
+    result = bench.fusion_graph_breaks(model, bench.make_inputs(tiny_config, 2, _settings()))
+    assert result["graph_break_count"] == 0, result["break_reasons"]
+    assert result["graph_count"] == 1
+
+
+def test_fusion_attention_uses_sdpa(tiny_config):
+    model = bench.build_full_model(tiny_config)
+    ops = bench.fusion_attention_ops(model, bench.make_inputs(tiny_config, 2, _settings()))
+    assert ops["sdpa"] == 2 * ops["layers"]  # TCA self-attention + TCF cross-attention per layer
+    assert ops["softmax"] == 0
+
+
+def test_cli_writes_json_and_rejects_bad_size(tmp_path, capsys):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(tiny_twin("lgrnet-swin-s").to_yaml())
+    out = tmp_path / "bench.json"
+    rc = main(["benchmark", "--config", str(config_file), "--batch-sizes", "1", "--warmup", "0", "--repeats", "1",
+               "--no-flops", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "full / floor" in printed and "latency_b1" in printed
+    data = json.loads(out.read_text())
+    assert set(data["models"]) == {"floor", "full"}
+    assert data["settings"]["batch_sizes"] == [1]
+    assert main(["benchmark", "--config", str(config_file), "--image-size", "100"]) == 2
+    assert "--image-size 100" in capsys.readouterr().err
