@@ -224,3 +224,17 @@ def test_unknown_backbone_keys_are_reported_unexpected(tmp_path: Path) -> None:
     report = load_swin_mmdet_checkpoint(visual, path)
     assert report.unexpected == ["backbone.absolute_pos_embed"] and report.missing == ["backbone.norm2.bias"]
     assert not report.ok and "MISSING 1" in report.summary() and "UNEXPECTED 1" in report.summary()
+
+
+def test_config_checkpoint_is_loaded_at_construction(tmp_path: Path) -> None:
+    sd = mmdet_swin_state_dict(embed=16, depths=(1, 1, 2, 1), heads=(1, 2, 2, 4), neck=32)
+    path = tmp_path / "tiny_mask_rcnn.pth"
+    torch.save({"state_dict": sd}, path)
+    cfg = tiny_twin("lgrnet-swin-s").model.visual
+    cfg.checkpoint = str(path)
+    visual = VisualExtractor(cfg, 32, 128)
+    assert visual.checkpoint_report is not None and visual.checkpoint_report.ok
+    assert torch.equal(visual.backbone.patch_embed.proj.weight, sd["backbone.patch_embed.proj.weight"])
+    cfg.checkpoint = str(tmp_path / "absent.pth")
+    with pytest.raises(CheckpointError, match="absent.pth"):
+        VisualExtractor(cfg, 32, 128)

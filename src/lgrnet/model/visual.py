@@ -18,6 +18,8 @@ backbone QDA under ``stage_qda.{i}``, neck laterals under ``neck.laterals.{i}``,
 
 from __future__ import annotations
 
+import logging
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,8 @@ from torch import nn
 from lgrnet.config import ConfigError, VisualConfig
 from lgrnet.model.qda import QueryDynamicAttention
 from lgrnet.model.swin import use_reference_window_order
+
+log = logging.getLogger(__name__)
 
 #: The neck's output strides that LGR-NET consumes (spec 3.3 step 5).
 USED_STRIDES = (32, 64)
@@ -96,6 +100,13 @@ class VisualExtractor(nn.Module):
         self.stage_channels = channels
         self.stage_qda = _make_qda(channels, text_dim, cfg, init="trunc_normal" if cfg.kind == "swin" else "default")
         self.neck = SoftDownsampleNeck(channels, cfg.neck_channels, text_dim, cfg)
+        # Pretrained detector weights (spec 10), like the reference which loads them when the model is built.
+        self.checkpoint_report = None
+        if cfg.checkpoint:
+            from lgrnet.model.checkpoints import load_visual_checkpoint
+
+            self.checkpoint_report = load_visual_checkpoint(self, cfg.checkpoint)
+            (log.info if self.checkpoint_report.ok else log.warning)(self.checkpoint_report.summary())
 
     # ---------------------------------------------------------------------------------------------------------
     # Backbones
