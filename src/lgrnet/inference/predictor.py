@@ -270,13 +270,17 @@ class Predictor(
                               (float(sample.offset[0]), float(sample.offset[1])), self.image_size)
         meta = SampleMeta(id="", expression=sample.expression, image=describe(image), original_size=(width, height),
                           scale=sample.scale, offset=sample.offset, canvas_size=self.image_size)
-        return _Prepared(Item(sample.image, sample.mask, sample.box, ids, mask, meta), letterbox,
-                         self._is_truncated(sample.expression))
+        pieces = self._count_pieces(sample.expression)
+        if pieces == 0:
+            raise DataError(f"expression {_preview(text)}: no word the model's tokenizer can read")
+        # Word pieces beyond max_length (special tokens included) are dropped by the reader; say so.
+        truncated = pieces + (self.tokenizer.num_special_tokens_to_add() if hasattr(
+            self.tokenizer, "num_special_tokens_to_add") else 2) > self.max_length
+        return _Prepared(Item(sample.image, sample.mask, sample.box, ids, mask, meta), letterbox, truncated)
 
-    def _is_truncated(self, text: str) -> bool:
-        # Word pieces beyond max_length are dropped by the reader; say so rather than hide it.
+    def _count_pieces(self, text: str) -> int:
         text = text.lower() if self.lowercase else text
-        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]) > self.max_length
+        return len(self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
 
     @torch.inference_mode()
     def _forward(self, prepared: list[_Prepared], attention: bool) -> list[Prediction]:
@@ -287,7 +291,8 @@ class Predictor(
         with self._autocast():
             out = self.model(batch.images, batch.image_mask, batch.input_ids, batch.attention_mask,
                              output_attentions=attention)
-        boxes = canvas_to_original(out.pred_boxes.float(), batch.meta, clamp=True)  # [B, 4] xyxy original px
+        # [B, 4] xyxy original pixels, clamped to the image: the engine's evaluation mapping.
+        boxes = canvas_to_original(out.pred_boxes.float().cpu().clamp(0.0, 1.0), batch.meta, clamp=True)
         if out.coord is not None:
             coords = out.coord.float().cpu().reshape(len(prepared), -1)[:, :2]  # [B, 2] (x, y) / S on the canvas
         else:  # coord_embed "none": no coordinate branch, report the box centre instead
@@ -360,6 +365,10 @@ def check_expression(expression: object) -> str:
     return text
 
 
+def _preview(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -367,9 +376,10 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike, **hub_kwargs: Any) -> 
     """A local checkpoint folder, or a hub id downloaded with ``snapshot_download``; CheckpointError otherwise."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
-            raise CheckpointError(f"checkpoint {path}: no config.yaml (expected a folder written by save_model)")
-        return path
+        # A model folder, or a training output folder (its checkpoints/best, else checkpoints/last).
+        from lgrnet.engine.evaluate import resolve_model_folder
+
+        return Path(resolve_model_folder(str(path)))
     if path.exists():
         raise CheckpointError(f"checkpoint {path}: expected a folder holding config.yaml and model.safetensors")
     name = str(path_or_hub_id)

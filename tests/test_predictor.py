@@ -1,0 +1,209 @@
+"""Predictor: loading, input types, batching, typed results, attention, dtype/device, and the round trip against
+the engine's evaluation (train briefly -> save -> Predictor.from_pretrained -> same boxes in original pixels)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from inference_helpers import REAL_SMOKE, make_tiny_checkpoint
+from PIL import Image
+
+from lgrnet.errors import CheckpointError, DataError, LGRNetError
+from lgrnet.inference.predictor import Prediction, Predictor
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor.from_pretrained(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 255, size=(60, 90, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _close(a: Prediction, b: Prediction, atol: float = 1e-3) -> bool:
+    return np.allclose(a.box_xyxy, b.box_xyxy, atol=atol) and np.allclose(a.coord, b.coord, atol=atol)
+
+
+def test_public_export_and_repr(predictor):
+    import lgrnet
+
+    assert lgrnet.Predictor is Predictor
+    assert "device=cpu" in repr(predictor) and "fp32" in repr(predictor)
+
+
+def test_prediction_fields_are_consistent(predictor, image_path):
+    p = predictor.predict(image_path, "the bright square")
+    assert isinstance(p, Prediction)
+    w, h = p.image_size
+    assert (w, h) == (90, 60)
+    x1, y1, x2, y2 = p.box_xyxy
+    assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+    assert np.allclose(p.box_normalized, (x1 / w, y1 / h, x2 / w, y2 / h))
+    assert np.allclose(p.coord, (p.coord_xy[0] / w, p.coord_xy[1] / h))
+    assert all(0.0 <= v <= 1.0 for v in p.coord)
+    assert p.visual_attention is None and p.word_attention is None
+    d = p.to_dict()
+    json.dumps(d)  # JSON-ready
+    assert set(d) >= {"box_xyxy", "coord", "box_normalized", "image_size"}
+
+
+def test_path_pil_and_array_inputs_agree(predictor, image_path):
+    by_path = predictor.predict(image_path, "the bright square")
+    pil = Image.open(image_path)
+    by_pil = predictor.predict(pil, "the bright square")
+    by_array = predictor.predict(np.asarray(pil.convert("RGB")), "the bright square")
+    by_float = predictor.predict(np.asarray(pil.convert("RGB")).astype(np.float32) / 255.0, "the bright square")
+    assert _close(by_path, by_pil, 1e-5) and _close(by_path, by_array, 1e-5)
+    assert _close(by_path, by_float, 1e-3)
+
+
+def test_expression_list_and_pairs_match_single_predictions(predictor, image_path):
+    texts = ["the bright square", "the dark corner on the left", "everything"]
+    singles = [predictor.predict(image_path, t) for t in texts]
+    many = predictor.predict(image_path, texts)
+    assert [p.expression for p in many] == texts
+    assert all(_close(a, b, 1e-4) for a, b in zip(singles, many))
+    other = np.zeros((30, 30, 3), dtype=np.uint8)
+    pairs = [(image_path, texts[0]), (other, texts[1]), (image_path, texts[2])]
+    batched = predictor.predict(pairs, batch_size=2)
+    assert batched[1].image_size == (30, 30)
+    assert _close(batched[0], singles[0], 1e-4) and _close(batched[2], singles[2], 1e-4)
+    # Different expressions really change the answer (the text is used at all).
+    assert not _close(singles[0], singles[1], 1e-6)
+
+
+def test_predict_many_isolates_failures(predictor, image_path, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    results = predictor.predict_many([(image_path, "a"), (bad, "b"), (image_path, "  "), (image_path, "c")])
+    assert isinstance(results[0], Prediction) and isinstance(results[3], Prediction)
+    assert isinstance(results[1], DataError) and "bad.jpg" in str(results[1])
+    assert isinstance(results[2], DataError) and "empty" in str(results[2])
+    with pytest.raises(DataError, match="bad.jpg"):
+        predictor.predict([(image_path, "a"), (bad, "b")])
+
+
+def test_attention_on_request(predictor, image_path):
+    p = predictor.predict(image_path, "the bright square on the left", attention=True)
+    layers = predictor.config.model.num_layers
+    assert p.num_layers == layers and len(p.word_attention) == layers
+    shapes = [tuple(s) for s in predictor.model.token_shapes]
+    for level_maps in p.visual_attention:
+        assert [m.shape for m in level_maps] == shapes
+        assert all(np.isfinite(m).all() and (m >= 0).all() for m in level_maps)
+    assert p.tokens[0] == "[CLS]" and p.tokens[-1] == "[SEP]"
+    assert len(p.word_attention[0]) == len(p.tokens)
+    assert [w for w, _ in p.words()] == ["the", "bright", "square", "on", "the", "left"]
+    heat = p.attention_map(layer=0)
+    assert heat.shape == (60, 90) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    d = p.to_dict(attention=True)
+    assert len(d["visual_attention"]) == layers and len(d["word_attention"][0]) == 6
+    no_attention = predictor.predict(image_path, "the bright square")
+    with pytest.raises(LGRNetError, match="attention=True"):
+        no_attention.attention_map()
+
+
+def test_long_expression_is_truncated_and_flagged(predictor, image_path):
+    p = predictor.predict(image_path, "the bright square " * 100)
+    assert p.expression_truncated
+    assert not predictor.predict(image_path, "the bright square").expression_truncated
+
+
+def test_bf16_autocast_and_dtype_errors(checkpoint, predictor, image_path):
+    bf16 = Predictor.from_pretrained(checkpoint, device="cpu", dtype="bf16")
+    assert bf16.autocast_dtype == torch.bfloat16
+    a, b = predictor.predict(image_path, "the square"), bf16.predict(image_path, "the square")
+    # bf16 keeps ~3 significant digits: same box to within a few pixels on a 90 x 60 image.
+    assert np.allclose(a.box_xyxy, b.box_xyxy, atol=6.0)
+    with pytest.raises(LGRNetError, match="fp16"):
+        Predictor.from_pretrained(checkpoint, device="cpu", dtype="fp16")
+    with pytest.raises(LGRNetError, match="dtype"):
+        Predictor.from_pretrained(checkpoint, device="cpu", dtype="int8")
+
+
+def test_checkpoint_errors(tmp_path, checkpoint):
+    with pytest.raises(CheckpointError, match="no-such-folder"):
+        Predictor.from_pretrained(tmp_path / "no-such-folder")
+    with pytest.raises(CheckpointError, match="neither a model folder"):
+        Predictor.from_pretrained(tmp_path)
+    # A hub id with no network (local cache only): one clear error, no traceback from the hub client.
+    with pytest.raises(CheckpointError, match="lgrnet-test/does-not-exist"):
+        Predictor.from_pretrained("lgrnet-test/does-not-exist", local_files_only=True)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((checkpoint / "config.yaml").read_text())
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        Predictor.from_pretrained(broken)
+
+
+def test_save_pretrained_and_training_output_folder(predictor, image_path, tmp_path):
+    # ModelHubMixin.save_pretrained writes our model folder; a training output folder resolves to checkpoints/last.
+    folder = tmp_path / "run" / "checkpoints" / "last"
+    predictor.save_pretrained(folder)
+    assert (folder / "config.yaml").is_file() and (folder / "model.safetensors").is_file()
+    again = Predictor.from_pretrained(tmp_path / "run", device="cpu")
+    assert _close(predictor.predict(image_path, "the square"), again.predict(image_path, "the square"), 1e-6)
+
+
+def _smoke_records():
+    from lgrnet.data.records import Record
+
+    rows = [json.loads(line) for line in (REAL_SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    return [Record(image=str(REAL_SMOKE / r["image"]), expression=r["expression"], box=tuple(r["bbox_xyxy"]),
+                   id=str(r["id"]), split=r["split"]) for r in rows]
+
+
+def test_round_trip_matches_engine_evaluation(tmp_path):
+    """Train the tiny twin a few steps, save, reload with the Predictor: the boxes equal the engine's evaluation
+    predictions (original pixels) for the same samples."""
+    from lgrnet import tiny_twin
+    from lgrnet.data.dataset import build_dataloader
+    from lgrnet.engine.distributed import DistInfo
+    from lgrnet.engine.evaluate import evaluate
+    from lgrnet.model.io import load_model, save_model
+    from lgrnet.model.lgrnet import LGRNet
+    from lgrnet.model.text import build_tokenizer
+
+    config = tiny_twin("lgrnet-swin-s")
+    config.data.num_workers = 0
+    records = _smoke_records()[:6]
+    tokenizer = build_tokenizer(config.model.text)
+    torch.manual_seed(1)
+    model = LGRNet(config.model, config.loss)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for batch in build_dataloader(records, config, tokenizer, train=True, batch_size=3):
+        out = model(**batch.model_inputs())
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it did train
+    folder = save_model(model, config, tmp_path / "trained")
+
+    engine_model, engine_config = load_model(folder)
+    loader = build_dataloader(records, engine_config, tokenizer, train=False, batch_size=4)
+    _, engine_predictions = evaluate(engine_model, loader, DistInfo(), collect_predictions=True)
+
+    predictor = Predictor.from_pretrained(folder, device="cpu", batch_size=5)
+    ours = predictor.predict([(r.image, r.expression) for r in records])
+    assert len(ours) == len(engine_predictions) == len(records)
+    for mine, theirs, record in zip(ours, engine_predictions, records):
+        assert theirs["expression"] == mine.expression == record.expression
+        assert np.allclose(mine.box_xyxy, theirs["box"], atol=0.011), (mine.box_xyxy, theirs["box"])
