@@ -169,7 +169,7 @@ def _samples(split: str, images: int, seed: int = 7, per_image: int = 3):
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_every_expression_refers_to_exactly_its_target_under_the_independent_evaluator() -> None:
-    families, checked = Counter(), 0
+    families, checked, attributes_suffice = Counter(), 0, 0
     for split in ("train", "testA", "testB"):
         for scene, _, entries in _samples(split, 40):
             objs = [o.to_dict() for o in scene.objects]
@@ -179,8 +179,13 @@ def test_every_expression_refers_to_exactly_its_target_under_the_independent_eva
                 assert select(parsed, objs, scene.width, scene.height) == [e["target"]], e["expression"]
                 families[parsed["type"]] += 1
                 checked += 1
+                if parsed["type"] != "attribute":
+                    attrs_only = select({"type": "attribute", "filter": parsed["filter"]}, objs, 1, 1)
+                    attributes_suffice += len(attrs_only) == 1
     assert checked == 360
     assert set(families) == {"attribute", "region", "clock", "ordinal", "superlative", "relation"}, families
+    # Locations, ordinals and relations mostly carry the reference (distractors share the named attributes).
+    assert attributes_suffice < 0.15 * (checked - families["attribute"])
 
 
 def test_splits_follow_the_spatial_word_rule() -> None:

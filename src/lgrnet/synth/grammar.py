@@ -361,16 +361,21 @@ def _try_attribute(rng: random.Random, scene: Scene, t: int) -> tuple[str, Query
     return _attribute_text(rng, flt), {"type": "attribute", "filter": flt}
 
 
-def _shuffled_filters(rng: random.Random, obj: SceneObject, with_size: bool = True) -> list[dict]:
+def _shuffled_filters(rng: random.Random, obj: SceneObject, with_size: bool = True,
+                      scene: Scene | None = None) -> list[dict]:
+    """Filters in random order; with ``scene``, those that leave several candidates come first, so that the
+    location (not the attributes alone) has to single the target out."""
     fl = _filters_for(obj, with_size)
     rng.shuffle(fl)
+    if scene is not None:
+        fl.sort(key=lambda f: len(_candidates(scene, f)) < 2)
     return fl
 
 
 def _try_region(rng: random.Random, scene: Scene, t: int) -> tuple[str, Query] | None:
     regions = list(REGION_NAMES)
     rng.shuffle(regions)
-    for flt in _shuffled_filters(rng, scene.objects[t]):
+    for flt in _shuffled_filters(rng, scene.objects[t], scene=scene):
         cand = _candidates(scene, flt)
         for region in regions:
             if _check_region(scene, cand, t, region):
@@ -381,7 +386,7 @@ def _try_region(rng: random.Random, scene: Scene, t: int) -> tuple[str, Query] |
 def _try_clock(rng: random.Random, scene: Scene, t: int) -> tuple[str, Query] | None:
     r, ang = _polar(scene.objects[t], scene)
     hour = round(ang / 30.0) % 12 or 12
-    for flt in _shuffled_filters(rng, scene.objects[t]):
+    for flt in _shuffled_filters(rng, scene.objects[t], scene=scene):
         if _check_clock(scene, _candidates(scene, flt), t, hour):
             return _clock_text(rng, flt, hour), {"type": "clock", "filter": flt, "hour": hour}
     return None
@@ -446,7 +451,7 @@ def _relation_tryer(relations: Sequence[str]) -> Callable:
 FAMILIES: dict[str, tuple[Callable, float, bool]] = {
     "attribute": (_try_attribute, 1.0, False),
     "region": (_try_region, 1.0, True),
-    "clock": (_try_clock, 0.6, True),
+    "clock": (_try_clock, 0.9, True),
     "ordinal": (_try_ordinal, 1.0, True),
     "superlative": (_try_superlative, 0.9, False),
     "relation_lr": (_relation_tryer(("left of", "right of")), 0.5, True),
