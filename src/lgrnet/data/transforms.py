@@ -91,13 +91,18 @@ class _Geometry:
         self.sx, self.dx = -self.sx, w - self.dx
 
 
+# Normalisation folded into one in-place pass over uint8 pixels: (x / 255 - mean) / std = (x - 255 mean) / (255 std).
+_MEAN_255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+_INV_STD_255 = 1.0 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
+
+
 def _letterbox(geo: _Geometry, size: int, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalise, paste at (top, left) on a zero S x S canvas; mask True = pad; box -> (cx, cy, w, h) / S."""
-    pixels = F.to_dtype(F.pil_to_tensor(geo.image), torch.float32, scale=True)
-    pixels = F.normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    pixels = F.pil_to_tensor(geo.image)  # uint8 [3, h, w]
     _, h, w = pixels.shape
     canvas = torch.zeros(3, size, size, dtype=torch.float32)
-    canvas[:, top : top + h, left : left + w] = pixels
+    region = canvas[:, top : top + h, left : left + w]
+    region.copy_(pixels).sub_(_MEAN_255).mul_(_INV_STD_255)
     mask = torch.ones(size, size, dtype=torch.bool)
     mask[top : top + h, left : left + w] = False
     geo.dx, geo.dy = geo.dx + left, geo.dy + top
