@@ -170,8 +170,8 @@ def _background(rng: random.Random, nrng: np.random.Generator, w: int, h: int) -
     blot = np.asarray(Image.fromarray(nrng.normal(0, 1, (max(2, h // 48), max(2, w // 48))).astype(np.float32),
                                       mode="F").resize((lw, lh), Image.BICUBIC))
     low = low + blot * rng.uniform(3, 12)
-    low_rgb = np.clip(low[:, :, None] + base[None, None, :], 0, 255).astype(np.uint8)
-    image = Image.fromarray(low_rgb, mode="RGB").resize((w, h), Image.BILINEAR)
+    # The low-frequency field is pure luminance: upsample one channel, offset by 128 to fit uint8.
+    low_l = Image.fromarray(np.clip(low + 128, 0, 255).astype(np.uint8), mode="L").resize((w, h), Image.BILINEAR)
 
     # High-frequency luminance: texture (separable outer products of 1-D waves) + noise, offset by 128.
     spread = rng.randint(3, 15)
@@ -191,8 +191,9 @@ def _background(rng: random.Random, nrng: np.random.Generator, w: int, h: int) -
         else:
             pat = (np.sin(y1 * k)[:, None] * np.sin(x1 * k)[None, :] > 0.6) * 2.0 - 1.0
         hf = hf + (pat * amp).astype(np.int16)
-    layer = Image.fromarray((hf + 128).clip(0, 255).astype(np.uint8), mode="L")
-    image = ImageChops.add(image, Image.merge("RGB", (layer, layer, layer)), scale=1.0, offset=-128)
+    layer = Image.fromarray((hf + np.asarray(low_l, dtype=np.int16)).clip(0, 255).astype(np.uint8), mode="L")
+    solid = Image.new("RGB", (w, h), tuple(int(round(c)) for c in base))
+    image = ImageChops.add(solid, Image.merge("RGB", (layer, layer, layer)), scale=1.0, offset=-128)
     return image, {"texture": texture, "noise": spread}
 
 
