@@ -286,3 +286,15 @@ def test_cli_generates_and_refuses_a_foreign_folder(tmp_path: Path, capsys: pyte
     assert cli_main(["synth", "--out", str(foreign), "--num-train", "3", "--quiet"]) == 2
     assert "not a SynthRef folder" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_ensure_synthref_reuses_a_matching_folder_and_regenerates_otherwise(tmp_path: Path) -> None:
+    from lgrnet.synth import ensure_synthref
+
+    out = tmp_path / "cache"
+    meta = ensure_synthref(out, seed=2, num_train=0, num_val=3, num_test=3, workers=1)
+    stamp = (out / "val.jsonl").stat().st_mtime_ns
+    assert ensure_synthref(out, seed=2, num_train=0, num_val=3, num_test=3, workers=1) == meta
+    assert (out / "val.jsonl").stat().st_mtime_ns == stamp  # reused, not rewritten
+    meta2 = ensure_synthref(out, seed=2, num_train=0, num_val=6, num_test=3, workers=1)
+    assert meta2["counts"]["val"] == 6 and len((out / "val.jsonl").read_text().splitlines()) == 6
