@@ -1,0 +1,94 @@
+"""Text extractor: last-K mean, [CLS], padding mask, name resolution, freezing (real offline MiniLM)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lgrnet.config import TINY_TEXT, TextConfig
+from lgrnet.errors import LGRNetError
+from lgrnet.model.text import TextExtractor, build_text_config, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    torch.manual_seed(0)
+    return TextExtractor(TextConfig(name="minilm", pretrained=True)).eval()
+
+
+def encode(tokenizer, texts, length=16):
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_minilm_features_are_the_mean_of_the_last_k_layers(minilm):
+    tokenizer = build_tokenizer(TextConfig(name="minilm"))
+    ids, mask = encode(tokenizer, ["the man on the left", "a red car"])
+    assert (ids[:, 0] == tokenizer.cls_token_id).all()
+    with torch.no_grad():
+        feats = minilm(ids, mask)
+        hidden = minilm.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert minilm.hidden_size == 384 and len(hidden) == 7  # embeddings + 6 layers
+    expected = (hidden[3] + hidden[4] + hidden[5] + hidden[6]) / 4
+    assert torch.allclose(feats.tokens, expected, atol=1e-6)
+    assert torch.equal(feats.cls, feats.tokens[:, 0])
+    assert torch.equal(feats.pad_mask, mask == 0)
+    assert feats.pad_mask.dtype == torch.bool and feats.pad_mask[1].sum() > feats.pad_mask[0].sum()
+
+
+def test_pretrained_minilm_differs_from_random_same_architecture(minilm):
+    random = TextExtractor(TextConfig(name="minilm", pretrained=False))
+    assert random.hidden_size == 384
+    a = minilm.encoder.embeddings.word_embeddings.weight
+    b = random.encoder.embeddings.word_embeddings.weight
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_no_pooler_is_built(minilm):
+    assert not any("pooler" in n for n, _ in minilm.named_parameters())
+
+
+def test_config_only_encoder_with_minilm_vocabulary():
+    cfg = TextConfig(**TINY_TEXT)
+    text = TextExtractor(cfg)
+    assert text.hidden_size == 32 and text.encoder.config.num_hidden_layers == 4
+    tokenizer = build_tokenizer(cfg)
+    assert tokenizer.vocab_size == 30522
+    ids, mask = encode(tokenizer, ["left dog"], length=8)
+    feats = text(ids, mask)
+    assert feats.tokens.shape == (1, 8, 32) and feats.cls.shape == (1, 32)
+
+
+def test_freeze_keeps_eval_mode_and_no_gradients():
+    cfg = TextConfig(**{**TINY_TEXT, "freeze": True})
+    text = TextExtractor(cfg)
+    assert all(not p.requires_grad for p in text.parameters())
+    text.train()
+    assert text.training and not text.encoder.training
+    ids = torch.randint(1000, 2000, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    a, b = text(ids, mask).tokens, text(ids, mask).tokens
+    assert torch.equal(a, b)  # dropout stays off
+    assert not a.requires_grad
+
+
+def test_reference_architecture_without_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = TextConfig(name="bert-base-uncased", pretrained=False)
+    config = build_text_config(cfg)
+    assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (768, 12, 30522)
+    with torch.device("meta"):
+        text = TextExtractor(cfg)
+    assert sum(p.numel() for p in text.parameters()) == 109_482_240 - 590_592
+    tokenizer = build_tokenizer(cfg)  # offline: the identical BERT uncased vocabulary of MiniLM
+    assert tokenizer.convert_tokens_to_ids("[CLS]") == tokenizer.cls_token_id
+
+
+def test_bad_names_and_sizes_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LGRNetError, match="model.text.name="):
+        TextExtractor(TextConfig(name=str(tmp_path / "no-model"), pretrained=True))
+    with pytest.raises(LGRNetError, match="pretrained is true"):
+        TextExtractor(TextConfig(name="", pretrained=True))
+    with pytest.raises(LGRNetError, match="num_mean_layers=9"):
+        TextExtractor(TextConfig(**{**TINY_TEXT, "num_mean_layers": 9}))
