@@ -22,6 +22,7 @@ from PIL import Image
 
 from lgrnet.config import AugmentConfig
 from lgrnet.data.dataset import RECDataset, collate
+from lgrnet.data.image import load_image
 from lgrnet.data.records import Record
 from lgrnet.data.transforms import EvalTransform, TrainTransform
 
@@ -57,7 +58,16 @@ def _images(kind: str, folder: Path) -> list[Path]:
 def measure(image_size: int = 640, samples: int = 64, batch_size: int = 16, images: str = "real",
             augment: AugmentConfig | None = None) -> dict[str, float]:
     """Samples/s of the train and eval pipelines in one thread (one worker)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _measure(image_size, samples, batch_size, images, augment)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(image_size: int, samples: int, batch_size: int, images: str,
+             augment: AugmentConfig | None) -> dict[str, float]:
     random.seed(0)
     torch.manual_seed(0)
     tokenizer = _tokenizer()
@@ -93,8 +103,6 @@ def measure(image_size: int = 640, samples: int = 64, batch_size: int = 16, imag
         decode = []
         for path in paths * 4:
             t0 = time.perf_counter()
-            from lgrnet.data.image import load_image
-
             load_image(path)
             decode.append(time.perf_counter() - t0)
         result["decode_ms"] = 1000 * statistics.median(decode)

@@ -65,3 +65,44 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys):
     assert err.startswith("lgrnet data: error: ") and "bad.jsonl:2:" in err and "\n" not in err
     assert main(["data", "stats", "--format", "refer", "--root", str(tmp_path)]) == 2
     assert "--dataset is required" in capsys.readouterr().err
+
+
+def test_synth_folder_stats_skip_scenes_file(tmp_path, capsys):
+    line = '{"image": "a.png", "expression": "the left cube", "box": [0, 0, 4, 4], "split": "%s"}\n'
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.jsonl").write_text(line % split * 3)
+    (tmp_path / "scenes.jsonl").write_text('{"size": [64, 64], "objects": []}\n')
+    assert main(["data", "stats", "--format", "synth", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| train | 3 | 1 |" in out and "| val | 3 | 1 |" in out and "100.0%" in out
+
+
+def _run_script(path: Path, argv: list[str]) -> None:
+    import runpy
+    import sys
+
+    old = sys.argv
+    sys.argv = [str(path), *argv]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(path), run_name="__main__")
+        assert exit_info.value.code == 0
+    finally:
+        sys.argv = old
+
+
+def test_overlay_script_writes_all_30_samples(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "overlay.png"
+    _run_script(Path(__file__).resolve().parents[1] / "scripts" / "overlay_real_smoke.py", ["--output", str(out)])
+    printed = capsys.readouterr().out
+    assert "30 samples" in printed and "largest round-trip error 0.0" in printed
+    assert Image.open(out).size == (6 * 320, 5 * 350)
+
+
+def test_pipeline_benchmark_reports_rates(capsys):
+    _run_script(Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py",
+                ["--image-size", "128", "--samples", "4", "--batch-size", "2", "--images", "synthetic"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| train", "| eval"))]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)

@@ -70,7 +70,8 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
         out.append(("vg train", read_visual_genome(path, image_root)))
     else:
         files = [root / f"{s}.jsonl" for s in args.splits] if root.is_dir() and args.splits else (
-            sorted(root.glob("*.jsonl")) if root.is_dir() else [root])
+            sorted(p for p in root.glob("*.jsonl") if not (fmt == "synth" and p.name == "scenes.jsonl"))
+            if root.is_dir() else [root])  # a SynthRef folder also holds scenes.jsonl (not records)
         for path in files:
             records = read_jsonl(path)
             if root.is_dir():

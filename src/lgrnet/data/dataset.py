@@ -7,6 +7,7 @@ truncation to ``max_length`` *including* the special tokens, padding to ``max_le
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +148,8 @@ def build_dataloader(
         sampler = EvalDistributedSampler(len(dataset)) if distributed else SequentialSampler(dataset)
     data = config.data
     workers = max(0, int(data.num_workers))
+    if workers > 0:  # a Rust tokenizer used before fork would otherwise warn (and may deadlock) in workers
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return DataLoader(
         dataset,
         batch_size=batch_size,
