@@ -98,7 +98,7 @@ def make_bad_inputs(folder: Path) -> list[Case]:
     palette.info["transparency"] = 0
     save("palette.png", palette, transparency=0)
     save("cmyk.jpg", rgb.convert("CMYK"), format="JPEG")
-    save("gray16.png", Image.fromarray((photo[:, :, 0].astype(np.uint16) * 257), mode="I;16"))
+    save("gray16.png", Image.fromarray(photo[:, :, 0].astype(np.uint16) * 257))
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     save("exif_rotated.jpg", rgb, size=(64, 96), exif=exif.tobytes())
@@ -107,6 +107,12 @@ def make_bad_inputs(folder: Path) -> list[Case]:
     save("tall.png", Image.fromarray(_photo(3, 3000)))
     return cases
 
+
+CORPUS_NAMES = [
+    "truncated.jpg", "truncated.png", "corrupt.png", "corrupt.jpg", "text.jpg", "empty.png", "bomb.png",
+    "rgb.png", "gray.png", "rgba.png", "palette.png", "cmyk.jpg", "gray16.png", "exif_rotated.jpg", "one_pixel.png",
+    "elongated.png", "tall.png",
+]
 
 # Expressions: (text, ok). A 10,000-character expression is accepted and cut to the model's max_length.
 EXPRESSIONS = [

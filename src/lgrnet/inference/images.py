@@ -100,8 +100,8 @@ def from_array(array: np.ndarray, name: str = "array", max_pixels: int = DEFAULT
         array = _to_uint8(array)
     array = np.ascontiguousarray(array)
     if array.ndim == 2:
-        return Image.fromarray(array, mode="L").convert("RGB")
-    return Image.fromarray(array[:, :, :3].copy(), mode="RGB")
+        return Image.fromarray(array).convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(array[:, :, :3]))
 
 
 def as_rgb_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
