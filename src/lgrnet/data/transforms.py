@@ -24,7 +24,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from lgrnet.data.image import load_image
 from lgrnet.data.spatial import is_spatial, swap_left_right
+
+__all__ = ["EvalTransform", "TrainTransform", "TransformedSample", "canvas_to_original", "load_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
