@@ -20,7 +20,8 @@ def make_inputs(cfg, batch: int = 3, length: int = 12, seed: int = 0) -> dict[st
     images = torch.randn(batch, 3, s, s, generator=g)
     mask = torch.zeros(batch, s, s, dtype=torch.bool)
     mask[0, :, s // 2:] = True  # letterbox padding on the right half of sample 0
-    mask[1, s * 3 // 4:, :] = True
+    if batch > 1:
+        mask[1, s * 3 // 4:, :] = True  # bottom quarter of sample 1
     boxes = torch.rand(batch, 4, generator=g) * 0.4 + 0.3
     return {"images": images, "image_mask": mask, "input_ids": ids, "attention_mask": attention,
             "target_boxes": boxes}
