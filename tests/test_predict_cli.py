@@ -1,0 +1,128 @@
+"""``lgrnet predict``: one image (text, --json, --out PNG), many pairs from JSONL (bad lines reported by number and
+skipped), argument errors, and the real COCO images of shared/data/real_smoke through the installed command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from inference_helpers import make_tiny_checkpoint
+from PIL import Image
+
+from lgrnet.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (80, 50), (30, 120, 200)).save(folder / "a.png")
+    Image.new("RGB", (40, 70), (200, 120, 30)).save(folder / "b.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
+
+def test_single_text_json_and_overlay(checkpoint, images, tmp_path, capsys):
+    out_png = tmp_path / "overlay.png"
+    args = ["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "the blue thing"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("box (x1, y1, x2, y2) = (") and "coordinate" in text
+
+    assert main(args + ["--json", "--out", str(out_png), "--attention", "--layers", "1,2", "--gt", "1,2,30,40"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert len(record["box_xyxy"]) == 4 and len(record["coord"]) == 2
+    x1, y1, x2, y2 = record["box_xyxy"]
+    assert 0 <= x1 <= x2 <= 80 and 0 <= y1 <= y2 <= 50
+    assert record["overlay"] == str(out_png) and len(record["visual_attention"]) == 2
+    figure = Image.open(out_png)
+    assert figure.format == "PNG" and figure.width > 3 * 80  # overlay + two heat maps side by side
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "either --image and --text"),
+        (["--image", "x.png"], "--image and --text go together"),
+        (["--input", "r.jsonl"], "--input and --output go together"),
+        (["--input", "missing.jsonl", "--output", "o.jsonl"], "missing.jsonl: no such file"),
+        (["--image", "x.png", "--text", "a", "--gt", "1,2,3"], "four numbers"),
+        (["--image", "x.png", "--text", "a", "--layers", "0"], "1-based"),
+        (["--image", "x.png", "--text", "a", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_argument_errors_are_one_line(checkpoint, capsys, extra, message):
+    assert main(["predict", "--checkpoint", str(checkpoint), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lgrnet predict: error:") and message in err[0]
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(tmp_path / "nope"), "--image", "a.png", "--text", "a"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_jsonl_skips_bad_lines_and_writes_the_rest(checkpoint, images, tmp_path, capsys):
+    requests = tmp_path / "requests.jsonl"
+    lines = [
+        {"id": "one", "image": str(images / "a.png"), "expression": "the blue thing"},  # 1: absolute path
+        "this is not json",  # 2
+        {"image": str(images / "missing.png"), "expression": "x"},  # 3: no such file
+        {"image": str(images / "a.png")},  # 4: no expression
+        "",  # blank line: ignored, not counted
+        {"id": 7, "image": os.path.relpath(images / "b.jpg", tmp_path), "text": "the orange one"},  # 6: relative
+        {"image": str(images / "broken.jpg"), "expression": "x"},  # 7: corrupt image
+        {"image": str(images / "a.png"), "expression": "   "},  # 8: empty expression
+        ["not", "an", "object"],  # 9
+        {"image": str(images / "b.jpg"), "expression": "the top"},  # 10
+    ]
+    requests.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    output = tmp_path / "out" / "predictions.jsonl"
+    code = main(["predict", "--checkpoint", str(checkpoint), "--input", str(requests), "--output", str(output),
+                 "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 1  # some lines were skipped
+    for number in (2, 3, 4, 7, 8, 9):
+        assert f"requests.jsonl:{number}: skipped:" in err
+    assert "wrote 3 predictions" in err and "skipped 6 lines" in err
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 6, 10] and [r["id"] for r in rows] == ["one", 7, None]
+    assert rows[1]["expression"] == "the orange one"
+    for row, size in zip(rows, [(80, 50), (40, 70), (40, 70)]):
+        x1, y1, x2, y2 = row["box_xyxy"]
+        assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1] and len(row["coord"]) == 2
+
+
+def test_real_smoke_images_through_the_command(checkpoint, shared_data, tmp_path):
+    """The real COCO images (random weights: the pipeline, not accuracy) via the installed ``lgrnet`` script."""
+    smoke = shared_data / "real_smoke"
+    rows = [json.loads(line) for line in (smoke / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"id": r["id"], "image": str(smoke / r["image"]),
+                                            "expression": r["expression"]}) + "\n" for r in rows))
+    output = tmp_path / "predictions.jsonl"
+    script = Path(sys.executable).with_name("lgrnet")
+    done = subprocess.run([str(script), "predict", "--checkpoint", str(checkpoint), "--input", str(requests),
+                           "--output", str(output), "--batch-size", "8"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "predict:" in done.stderr  # the progress bar
+    predictions = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(predictions) == len(rows) >= 3
+    for row, prediction in zip(rows, predictions):
+        assert prediction["id"] == row["id"]
+        width, height = Image.open(smoke / row["image"]).size
+        assert prediction["image_size"] == [width, height] == [row["width"], row["height"]]
+        x1, y1, x2, y2 = prediction["box_xyxy"]
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+    # One bad image through the real process: non-zero exit, one line on stderr.
+    bad = subprocess.run([str(script), "predict", "--checkpoint", str(checkpoint), "--image", str(requests),
+                          "--text", "zebra"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "requests.jsonl" in bad.stderr
