@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lgrnet-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup quickstart test test-fast lint info clean
+.PHONY: setup quickstart test test-fast lint info clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,12 @@ quickstart: setup
 info: setup
 	$(VENV)/bin/lgrnet info --preset lgrnet-swin-s
 
-test: setup
+# The demo's end-to-end test drives Debian's chromium headless (no browser download); install it when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 test-fast: setup
