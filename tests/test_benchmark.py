@@ -146,3 +146,50 @@ def test_cli_writes_json_and_rejects_bad_size(tmp_path, capsys):
     assert data["settings"]["batch_sizes"] == [1]
     assert main(["benchmark", "--config", str(config_file), "--image-size", "100"]) == 2
     assert "--image-size 100" in capsys.readouterr().err
+
+
+def test_breakdown_times_the_parts(tiny_config):
+    report = bench.run_benchmark(tiny_config, _settings(batch_sizes=[1], repeats=1, flops=False, breakdown=True))
+    parts = report.breakdown_ms
+    assert {"total", "text", "visual", "visual.neck", "reasoning", "head"} <= set(parts)
+    assert all(v >= 0 for v in parts.values())
+    # Inclusive times nest: a part never takes longer than its parent or the whole forward.
+    assert parts["visual.neck"] <= parts["visual"] <= parts["total"]
+    assert "full model parts" in report.table()
+
+
+def test_data_pipeline_rate_gives_workers(tiny_config):
+    rates = bench.data_pipeline_rate(image_size=128, samples=4, batch_size=2)
+    assert rates["train_samples_per_s"] > 0 and rates["eval_samples_per_s"] > 0
+    report = bench.run_benchmark(tiny_config, _settings(batch_sizes=[1], repeats=1, flops=False, train=True,
+                                                        measure_data=True))
+    loading = report.data_loading
+    assert loading["pipeline"]["train_samples_per_s"] == pytest.approx(loading["per_worker_samples_per_s"], rel=0.01)
+    assert loading["workers_needed"] == bench.workers_needed(loading["train_samples_per_s"],
+                                                             loading["pipeline"]["train_samples_per_s"])
+
+
+def _fake(models: dict) -> dict:
+    return {"models": {name: {"inference": [{"batch_size": b, "mode": mode, "latency_p50_ms": ms,
+                                             "images_per_s": b * 1000 / ms} for b, mode, ms in runs],
+                              "train": train} for name, (runs, train) in models.items()}}
+
+
+def test_gpu_targets_verdicts():
+    reports = {
+        "eager": _fake({"full": ([(1, "eager", 20.0)], {"samples_per_s": 120.0, "peak_memory_mib": 35 * 1024}),
+                        "floor": ([(1, "eager", 15.0)], {"samples_per_s": 140.0, "peak_memory_mib": 30 * 1024})}),
+        "compiled": _fake({"full": ([(32, "compiled", 50.0)], None), "floor": ([(32, "compiled", 40.0)], None)}),
+        "latency": _fake({"full": ([(1, "cuda-graphs", 8.0)], None), "floor": ([(1, "cuda-graphs", 6.0)], None)}),
+    }
+    rows = {r["target"].split(":")[0]: r for r in bench.gpu_targets(reports)}
+    assert rows["inference b32 bf16 compiled"]["value"] == pytest.approx(0.8)
+    assert rows["inference b32 bf16 compiled"]["passed"] is False
+    assert rows["batch-1 latency of the full model, best mode (ms)"]["value"] == 8.0
+    assert rows["batch-1 latency of the full model, best mode (ms)"]["passed"] is True
+    train = [r for r in bench.gpu_targets(reports) if r["target"].startswith("training")]
+    assert train[0]["value"] == pytest.approx(120 / 140, abs=1e-3) and train[0]["passed"] is False
+    assert train[1]["value"] == pytest.approx(35.0) and train[1]["passed"] is True
+    missing = bench.gpu_targets({})
+    assert all(r["passed"] is None for r in missing)
+    assert "not measured" in bench.format_targets(missing)

