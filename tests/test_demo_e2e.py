@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -132,4 +133,34 @@ def test_demo_in_headless_chromium(server, browser, tmp_path):
     box.send_keys("the leftmost shape")
     browser.find_element(By.ID, "locate").click()
     wait.until(lambda d: _value(d, "#status textarea").startswith("box"))
+
+
+def test_demo_api_rejects_bad_uploads_and_stays_up(server, tmp_path):
+    """Uploads that never display in a browser, sent through Gradio's API: a clear message for each, a 413 for an
+    over-large file, and the server still answers."""
+    from gradio_client import Client, handle_file
+    from inference_helpers import make_bad_inputs
+
+    url, process = server
+    corpus = {c.name: c for c in make_bad_inputs(tmp_path / "corpus")}
+    client = Client(url, verbose=False)
+    for name in ("text.jpg", "truncated.png", "bomb.png"):
+        overlay, attention, result, status = client.predict(handle_file(str(corpus[name].path)), "the square",
+                                                            api_name="/locate")
+        assert status.startswith("Error:") and name in status and overlay is None, status
+    *_, status = client.predict(handle_file(str(corpus["cmyk.jpg"].path)), "the square", api_name="/locate")
+    assert status.startswith("box ("), status
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(11 * 1024 * 1024))
+    boundary = "lgrnetboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + big.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=60)
+    assert info.value.code == 413  # over the 10 MB cap
+    assert process.poll() is None
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
 

@@ -46,7 +46,10 @@ class DemoHandler:
         try:
             return self._run(image, expression)
         except LGRNetError as exc:
-            return _failure(str(exc))
+            message = str(exc)
+            if isinstance(image, str):  # name the upload as the user knows it, not by its server-side temp path
+                message = message.replace(image, Path(image).name)
+            return _failure(message)
         except Exception as exc:  # the server must survive anything a user can upload
             log.exception("demo request failed")
             return _failure(f"internal error ({type(exc).__name__}); the request was not processed")
@@ -120,6 +123,31 @@ def _fallback_examples(folder: Path, count: int) -> list[tuple[str, str]]:
     return examples
 
 
+def _undecoded_upload(component: Any) -> Any:
+    """Make a ``gr.Image`` hand the handler the uploaded file's path without decoding it.
+
+    Gradio's own ``Image.preprocess`` opens every upload with PIL first, so an undecodable file ends in a generic
+    "could not preprocess" error; here the handler decodes it (bomb check included) and says what is wrong. (An
+    instance attribute rather than a subclass: gradio writes a .pyi stub beside any module defining a component.)
+    """
+    import gradio as gr
+
+    decode = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if payload is None:
+            return None
+        if payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        try:  # pasted (base64) images: gradio decodes them
+            return decode(payload)
+        except Exception as exc:
+            raise gr.Error(f"the image could not be read ({type(exc).__name__})") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
               max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXELS):
     """The Gradio Blocks app around a :class:`~lgrnet.inference.predictor.Predictor`."""
@@ -144,8 +172,8 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
         with gr.Row():
             with gr.Column(scale=1):
                 # "filepath" so that the handler decodes (and bomb-checks) the upload itself.
-                image_in = gr.Image(type="filepath", image_mode=None, label="Image", elem_id="image-in",
-                                    sources=["upload", "clipboard"], height=320)
+                image_in = _undecoded_upload(gr.Image(type="filepath", image_mode=None, label="Image",
+                                                      elem_id="image-in", sources=["upload", "clipboard"], height=320))
                 text_in = gr.Textbox(label="Expression", max_lines=2, max_length=max_chars, elem_id="expression",
                                      placeholder="e.g. the small blue square left of the circle")
                 button = gr.Button("Locate", variant="primary", elem_id="locate")
