@@ -157,3 +157,11 @@ def test_demo_handler_survives_unexpected_errors(corpus):
     assert "upload an image" in handler(None, "x").message
     big = DemoHandler(Exploding(), max_pixels=100)(str(corpus["rgb.png"].path), "the square")
     assert "pixels" in big.message
+
+
+def test_demo_handler_layer_choice(predictor, corpus):
+    handler = DemoHandler(predictor)
+    path = str(corpus["rgb.png"].path)
+    one, both = handler(path, "the square", [2]), handler(path, "the square", [1, 2])
+    everything, nonsense = handler(path, "the square", None), handler(path, "the square", [7])
+    assert one.attention.width < both.attention.width == everything.attention.width == nonsense.attention.width

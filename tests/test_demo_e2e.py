@@ -146,9 +146,10 @@ def test_demo_api_rejects_bad_uploads_and_stays_up(server, tmp_path):
     client = Client(url, verbose=False)
     for name in ("text.jpg", "truncated.png", "bomb.png"):
         overlay, attention, result, status = client.predict(handle_file(str(corpus[name].path)), "the square",
-                                                            api_name="/locate")
+                                                            [1], api_name="/locate")
         assert status.startswith("Error:") and name in status and overlay is None, status
-    *_, status = client.predict(handle_file(str(corpus["cmyk.jpg"].path)), "the square", api_name="/locate")
+    *_, status = client.predict(handle_file(str(corpus["cmyk.jpg"].path)), "the square", [2],
+                                api_name="/locate")
     assert status.startswith("box ("), status
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + bytes(11 * 1024 * 1024))

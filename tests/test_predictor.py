@@ -136,6 +136,17 @@ def test_bf16_autocast_and_dtype_errors(checkpoint, predictor, image_path):
         Predictor.from_pretrained(checkpoint, device="cpu", dtype="int8")
 
 
+def test_device_choice(checkpoint, predictor, image_path):
+    if torch.cuda.is_available():  # on a GPU machine: CUDA gives the CPU's answer (fp32, to float tolerance)
+        cuda = Predictor.from_pretrained(checkpoint, device="cuda")
+        assert _close(cuda.predict(image_path, "the square"), predictor.predict(image_path, "the square"), 1e-2)
+    else:
+        with pytest.raises(LGRNetError, match="CUDA is not available"):
+            Predictor.from_pretrained(checkpoint, device="cuda")
+    with pytest.raises(LGRNetError, match="expected cpu, cuda"):
+        Predictor.from_pretrained(checkpoint, device="gpu0")
+
+
 def test_checkpoint_errors(tmp_path, checkpoint):
     with pytest.raises(CheckpointError, match="no-such-folder"):
         Predictor.from_pretrained(tmp_path / "no-such-folder")

@@ -42,9 +42,10 @@ class DemoHandler:
         self.max_pixels = max_pixels
         self.max_chars = max_chars
 
-    def __call__(self, image: Any, expression: str | None) -> DemoResult:
+    def __call__(self, image: Any, expression: str | None, layers: list[int] | None = None) -> DemoResult:
+        """``layers``: 1-based reasoning layers to draw heat maps for (default: all)."""
         try:
-            return self._run(image, expression)
+            return self._run(image, expression, layers)
         except LGRNetError as exc:
             message = str(exc)
             if isinstance(image, str):  # name the upload as the user knows it, not by its server-side temp path
@@ -54,7 +55,7 @@ class DemoHandler:
             log.exception("demo request failed")
             return _failure(f"internal error ({type(exc).__name__}); the request was not processed")
 
-    def _run(self, image: Any, expression: str | None) -> DemoResult:
+    def _run(self, image: Any, expression: str | None, layers: list[int] | None) -> DemoResult:
         from lgrnet.inference.images import as_rgb_image
         from lgrnet.inference.visualize import draw_prediction, render_figure
 
@@ -68,7 +69,11 @@ class DemoHandler:
         rgb = as_rgb_image(image, max_pixels=self.max_pixels)
         prediction = self.predictor.predict(rgb, text, attention=True)
         overlay = draw_prediction(rgb, prediction)
-        figure = render_figure(rgb, prediction, tile_height=260)
+        chosen = None
+        if layers:
+            count = prediction.num_layers
+            chosen = sorted({int(v) - 1 for v in layers if 1 <= int(v) <= count}) or None
+        figure = render_figure(rgb, prediction, layers=chosen, tile_height=260)
         result = prediction.to_dict()
         message = f"box {_fmt(prediction.box_xyxy)} px, coordinate ({prediction.coord[0]:.3f}, {prediction.coord[1]:.3f})"
         if prediction.expression_truncated:
@@ -158,8 +163,8 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
     if examples is None:
         examples = make_examples(Path(tempfile.mkdtemp(prefix="lgrnet-demo-")))
 
-    def respond(image_path: str | None, expression: str | None):
-        out = handler(image_path, expression)
+    def respond(image_path: str | None, expression: str | None, layers: list[int] | None):
+        out = handler(image_path, expression, layers)
         return out.overlay, out.attention, out.result, out.message
 
     with gr.Blocks(title="LGR-NET demo") as app:
@@ -176,6 +181,10 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
                                                       elem_id="image-in", sources=["upload", "clipboard"], height=320))
                 text_in = gr.Textbox(label="Expression", max_lines=2, max_length=max_chars, elem_id="expression",
                                      placeholder="e.g. the small blue square left of the circle")
+                count = int(predictor.config.model.num_layers)
+                default = list(range(1, count + 1)) if count <= 3 else [1, (count + 1) // 2, count]
+                layers_in = gr.CheckboxGroup(choices=[(f"layer {i}", i) for i in range(1, count + 1)], value=default,
+                                             label="Attention maps of layers", elem_id="layers")
                 button = gr.Button("Locate", variant="primary", elem_id="locate")
                 status = gr.Textbox(label="Result", interactive=False, elem_id="status")
             with gr.Column(scale=1):
@@ -186,8 +195,9 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
         gr.Examples(examples=[list(e) for e in examples], inputs=[image_in, text_in], label="SynthRef examples",
                     elem_id="examples")
         outputs = [overlay_out, attention_out, result_out, status]
-        button.click(respond, inputs=[image_in, text_in], outputs=outputs, api_name="locate")
-        text_in.submit(respond, inputs=[image_in, text_in], outputs=outputs)
+        inputs = [image_in, text_in, layers_in]
+        button.click(respond, inputs=inputs, outputs=outputs, api_name="locate")
+        text_in.submit(respond, inputs=inputs, outputs=outputs)
     return app
 
 

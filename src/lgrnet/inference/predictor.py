@@ -139,7 +139,7 @@ class Predictor(
         from lgrnet.data.transforms import EvalTransform
 
         self.config = config
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = _resolve_device(device)
         self.autocast_dtype = _resolve_dtype(dtype, self.device)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -398,8 +398,22 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike, **hub_kwargs: Any) -> 
     return Path(folder)
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The requested device (default: CUDA when available), with a clear error for one this machine lacks."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LGRNetError(f"device {device!r}: expected cpu, cuda, cuda:N, mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LGRNetError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise LGRNetError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise LGRNetError(f"device {device!r}: MPS is not available on this machine")
+    return resolved
 
 
 def _resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype | None:
