@@ -172,49 +172,32 @@ def test_save_pretrained_and_training_output_folder(predictor, image_path, tmp_p
     assert _close(predictor.predict(image_path, "the square"), again.predict(image_path, "the square"), 1e-6)
 
 
-def _smoke_records():
-    from lgrnet.data.records import Record
-
-    rows = [json.loads(line) for line in (REAL_SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    return [Record(image=str(REAL_SMOKE / r["image"]), expression=r["expression"], box=tuple(r["bbox_xyxy"]),
-                   id=str(r["id"]), split=r["split"]) for r in rows]
-
-
 def test_round_trip_matches_engine_evaluation(tmp_path):
-    """Train the tiny twin a few steps, save, reload with the Predictor: the boxes equal the engine's evaluation
-    predictions (original pixels) for the same samples."""
+    """Train the tiny twin briefly with the engine, then evaluate the engine's checkpoint with the engine and load
+    it with ``Predictor.from_pretrained``: the boxes (original pixels) are the same for the same samples."""
     from lgrnet import tiny_twin
-    from lgrnet.data.dataset import build_dataloader
-    from lgrnet.engine.distributed import DistInfo
-    from lgrnet.engine.evaluate import evaluate
-    from lgrnet.model.io import load_model, save_model
-    from lgrnet.model.lgrnet import LGRNet
-    from lgrnet.model.text import build_tokenizer
+    from lgrnet.engine.evaluate import evaluate_checkpoint
+    from lgrnet.engine.train import train
 
+    rows = [json.loads(line) for line in (REAL_SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()][:8]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"image": str(REAL_SMOKE / r["image"]), "expression": r["expression"],
+                                        "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n" for r in rows))
     config = tiny_twin("lgrnet-swin-s")
-    config.data.num_workers = 0
-    records = _smoke_records()[:6]
-    tokenizer = build_tokenizer(config.model.text)
-    torch.manual_seed(1)
-    model = LGRNet(config.model, config.loss)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    for batch in build_dataloader(records, config, tokenizer, train=True, batch_size=3):
-        out = model(**batch.model_inputs())
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it did train
-    folder = save_model(model, config, tmp_path / "trained")
+    config.data.format, config.data.root, config.data.num_workers = "jsonl", str(data), 0
+    config.train.epochs, config.train.batch_size, config.train.max_steps = 1, 4, 2
+    result = train(config, tmp_path / "run", device="cpu")
+    assert result.step == 2 and (tmp_path / "run" / "checkpoints" / "last" / "model.safetensors").is_file()
 
-    engine_model, engine_config = load_model(folder)
-    loader = build_dataloader(records, engine_config, tokenizer, train=False, batch_size=4)
-    _, engine_predictions = evaluate(engine_model, loader, DistInfo(), collect_predictions=True)
+    engine = evaluate_checkpoint(str(tmp_path / "run"), split="val", output=tmp_path / "engine.jsonl", device="cpu")
+    engine_predictions = [json.loads(line) for line in (tmp_path / "engine.jsonl").read_text().splitlines()]
+    assert engine["count"] == len(engine_predictions) == len(rows)
 
-    predictor = Predictor.from_pretrained(folder, device="cpu", batch_size=5)
-    ours = predictor.predict([(r.image, r.expression) for r in records])
-    assert len(ours) == len(engine_predictions) == len(records)
-    for mine, theirs, record in zip(ours, engine_predictions, records):
-        assert theirs["expression"] == mine.expression == record.expression
+    predictor = Predictor.from_pretrained(tmp_path / "run", device="cpu", batch_size=3)  # a training output folder
+    ours = predictor.predict([(REAL_SMOKE / r["image"], r["expression"]) for r in rows])
+    trained = Predictor.from_pretrained(tmp_path / "run" / "checkpoints" / "last", device="cpu")
+    for mine, theirs, row in zip(ours, engine_predictions, rows):
+        assert theirs["expression"] == mine.expression == row["expression"]
         assert np.allclose(mine.box_xyxy, theirs["box"], atol=0.011), (mine.box_xyxy, theirs["box"])
+    assert _close(trained.predict(REAL_SMOKE / rows[0]["image"], rows[0]["expression"]), ours[0], 1e-5)
+
