@@ -107,9 +107,9 @@ def resolve_model_folder(checkpoint: str) -> str:
     """A model folder, or a training output folder (its ``checkpoints/best``, else ``checkpoints/last``), or a
     hub id (returned unchanged for :func:`lgrnet.model.io.load_model`)."""
     path = Path(checkpoint)
-    if path.is_dir() and not (path / "config.yaml").is_file():
+    if path.is_dir() and not (path / "model.safetensors").is_file():
         for name in ("best", "last"):
-            if (path / "checkpoints" / name / "config.yaml").is_file():
+            if (path / "checkpoints" / name / "model.safetensors").is_file():
                 return str(path / "checkpoints" / name)
         from lgrnet.errors import CheckpointError
 

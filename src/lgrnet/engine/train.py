@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,15 @@ from lgrnet.engine.evaluate import autocast, evaluate
 from lgrnet.engine.logging import MetricsLogger, Progress
 from lgrnet.engine.optim import build_optimizer, build_scheduler, group_lrs
 from lgrnet.errors import CheckpointError, LGRNetError
+
+# Test hook "RANK:STEP": that rank raises before the step, to show that the other ranks stop instead of hanging.
+FAIL_ENV = "LGRNET_TEST_FAIL_RANK_AT_STEP"
+
+
+def _maybe_fail(rank: int, step: int) -> None:
+    target = os.environ.get(FAIL_ENV)
+    if target and target == f"{rank}:{step}":
+        raise RuntimeError(f"{FAIL_ENV}: rank {rank} fails at step {step} (test hook)")
 
 
 class NonFiniteLossError(LGRNetError):
@@ -130,6 +140,8 @@ class Trainer:
                               f"train.accumulation_steps={accum}")
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
+        names = [g["name"] for g in self.optimizer.param_groups]
+        self._main_group = names.index("rest") if "rest" in names else 0  # the lr shown in the progress bar
         # Created once and checkpointed (the reference re-created it every epoch, spec 15.12).
         self.scaler = torch.amp.GradScaler(self.info.device.type, enabled=tc.precision == "fp16")
 
@@ -251,6 +263,7 @@ class Trainer:
                 window_loss, window_n = 0.0, 0
                 micro = 0
                 for batch in self.train_loader:
+                    _maybe_fail(self.info.rank, self.step + 1)
                     batch = batch.to(device, non_blocking=True)
                     micro += 1
                     boundary = micro == self.accum
@@ -283,7 +296,7 @@ class Trainer:
                     self.scheduler.step()
                     self.step += 1
                     self.batch_in_epoch += 1
-                    lr = self.optimizer.param_groups[-1]["lr"]
+                    lr = self.optimizer.param_groups[self._main_group]["lr"]
                     progress.update(len(batch) * self.accum * self.info.world_size, mean_loss, lr)
                     if tc.log_every and self.step % tc.log_every == 0:
                         self.logger.log("train", self.step, {"loss": window_loss / window_n,
@@ -307,7 +320,11 @@ class Trainer:
                     bool(stop) or self.epoch >= tc.epochs or (end_of_epoch and self.epoch % tc.eval_every == 0))
                 if do_eval:
                     t0 = time.monotonic()
+                    # RNG-neutral: a run that validates at a point and one that resumes there draw the same
+                    # dropout streams afterwards (the eval loader's iterator seeds itself from the global RNG).
+                    rng = ckpt.capture_rng()
                     self.last_val, _ = evaluate(self.model, self.val_loader, self.info)
+                    ckpt.restore_rng(rng)
                     eval_s = time.monotonic() - t0
                     self.logger.log("val", self.step, self.last_val, epoch=self.epoch)
                     if self.info.is_main:

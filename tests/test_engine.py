@@ -1,0 +1,266 @@
+"""End-to-end engine tests on the 30 real COCO samples of ../shared/data/real_smoke (tiny twin at 64 px, CPU):
+overfitting, exact resume (end of epoch and mid-epoch), SIGKILL during a checkpoint write, torchrun DDP vs one
+process, a failing rank, a non-finite loss, a missing data file, and ``lgrnet eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lgrnet.config import Config, load_config, tiny_twin
+from lgrnet.engine import checkpoint as ckpt
+from lgrnet.engine.train import FAIL_ENV, NonFiniteLossError, train
+from lgrnet.errors import DataError
+
+SMOKE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_smoke"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    """The 30 real samples as custom-format JSONL (read by the JSONL reader): train = all 30, val = 6 of them."""
+    if not (SMOKE / "manifest.jsonl").is_file():
+        pytest.fail(f"{SMOKE} is missing: the tests need ../shared/data beside the checkout")
+    rows = [json.loads(line) for line in (SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    out = tmp_path_factory.mktemp("smoke")
+
+    def write(name: str, subset: list[dict]) -> None:
+        with (out / name).open("w") as f:
+            for r in subset:
+                f.write(json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"],
+                                    "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n")
+
+    write("train.jsonl", rows)
+    write("val.jsonl", rows[::5])
+    write("all.jsonl", rows)
+    return out
+
+
+def tiny(data_root: Path, *overrides: str) -> Config:
+    """Tiny twin of the reference preset, shrunk to 64 px and 16 tokens, deterministic, no workers."""
+    base = [
+        "data.format=jsonl", f"data.root={data_root}", "data.num_workers=0", "data.augment.scales=[64,56,48]",
+        "model.image_size=64", "model.text.max_length=16", "train.deterministic=true", "train.precision=off",
+        "train.batch_size=10", "train.checkpoint_every=0", "train.log_every=1", "train.epochs=2",
+    ]
+    return load_config(tiny_twin("lgrnet-swin-s"), base + list(overrides))
+
+
+def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / name / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop(ckpt.PAUSE_ENV, None)
+    env.pop(FAIL_ENV, None)
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_overfit_real_samples_reaches_100_percent(smoke_dir, tmp_path):
+    """Loss, gradients and box conventions end to end: the 30 real samples through the JSONL reader and the FULL
+    train transform (crop, multi-scale, jitter, translate) are learned to 100% Acc@0.5 (eval transform)."""
+    lr = "3e-3"
+    config = tiny(smoke_dir, "train.batch_size=15", "train.epochs=60", "train.eval_every=5", "train.warmup_steps=10",
+                  "model.dropout=0.0", "data.val_split=all", f"train.lr={lr}", f"train.lr_visual={lr}",
+                  f"train.lr_text={lr}", f"train.lr_qda={lr}", f"train.lr_neck_lateral={lr}",
+                  "train.lr_drop_epochs=[40]")
+    assert config.data.augment.crop and config.data.augment.translate and config.data.augment.color_jitter > 0
+    start = time.perf_counter()
+    result = train(config, tmp_path / "run", device="cpu")
+    elapsed = time.perf_counter() - start
+    vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if '"val"' in line]
+    first_100 = next((v["step"] for v in vals if v["acc50"] == 100.0), None)
+    print(f"overfit: Acc@0.5 by step {[(v['step'], round(v['acc50'], 1)) for v in vals]}; {elapsed:.1f} s")
+    assert result.best_acc50 == 100.0, f"best Acc@0.5 {result.best_acc50} after {result.step} steps"
+    assert first_100 is not None and first_100 <= 120
+    best = ckpt.load_state(tmp_path / "run" / "checkpoints" / "best")
+    assert best["val_metrics"]["acc50"] == 100.0 and best["val_metrics"]["count"] == 30
+
+
+@pytest.mark.slow
+def test_resume_is_bitwise_exact(smoke_dir, tmp_path):
+    """2 epochs straight == 1 epoch + resume + 1 epoch == stop mid-epoch 2 + resume, bitwise (dropout on, so the
+    restored RNG streams matter too)."""
+    straight = train(tiny(smoke_dir, "model.dropout=0.1"), tmp_path / "straight", device="cpu")
+    assert straight.step == 6 and straight.epoch == 2
+
+    first = train(tiny(smoke_dir, "model.dropout=0.1", "train.epochs=1"), tmp_path / "split", device="cpu")
+    assert first.step == 3
+    second = train(tiny(smoke_dir, "model.dropout=0.1"), tmp_path / "split", resume="auto", device="cpu")
+    assert second.step == 6
+    assert_bitwise_equal(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+
+    # Mid-epoch: stop after step 4 (epoch 2, batch 1), then resume from that checkpoint.
+    mid = train(tiny(smoke_dir, "model.dropout=0.1", "train.max_steps=4"), tmp_path / "mid", device="cpu")
+    assert mid.stopped_early == "max_steps"
+    info = ckpt.find_latest(tmp_path / "mid")
+    assert (info.epoch, info.batch_in_epoch, info.step) == (1, 1, 4)
+    train(tiny(smoke_dir, "model.dropout=0.1"), tmp_path / "mid", resume="auto", device="cpu")
+    assert_bitwise_equal(weights(tmp_path / "straight"), weights(tmp_path / "mid"))
+    a = ckpt.load_state(tmp_path / "straight" / "checkpoints" / "last")["optimizer"]["state"]
+    b = ckpt.load_state(tmp_path / "mid" / "checkpoints" / "last")["optimizer"]["state"]
+    assert all(torch.equal(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"]) for k in a)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lgrnet.cli", *args]
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_write_then_resume_auto(smoke_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(tiny(smoke_dir, "train.epochs=3").to_yaml())
+    env = _env()
+    env[ckpt.PAUSE_ENV] = "6"  # the end-of-epoch-2 checkpoint (3 steps per epoch)
+    proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--output-dir", str(run), "--device", "cpu"),
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    paused = False
+    deadline = time.monotonic() + 240
+    try:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if "LGRNET_TEST: paused writing checkpoint" in line:
+                paused = True
+                break
+            assert time.monotonic() < deadline, "training never reached the checkpoint write"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert paused and proc.returncode == -signal.SIGKILL
+    root = run / "checkpoints"
+    half = [p for p in root.iterdir() if p.name.startswith(".tmp-last")]
+    assert half and not (half[0] / ckpt.MARKER).exists()  # the killed write left an incomplete folder
+    assert ckpt.read_info(root / "last").step == 3  # the previous checkpoint is intact
+
+    done = subprocess.run(_cli("train", "--config", str(cfg), "--output-dir", str(run), "--device", "cpu",
+                               "--resume", "auto"), env=_env(), capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout and "step 3)" in done.stdout
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 9 and summary["epochs"] == 3
+    assert ckpt.read_info(root / "last").step == 9
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def _torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "lgrnet.cli", *args]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(smoke_dir, tmp_path):
+    """torchrun (gloo, 2 x batch 2) == one process with batch 4 after 3 steps, within float tolerance. The
+    alignment loss gathers negatives across ranks so that it sees the same global batch."""
+    common = ("train.max_steps=3", "model.dropout=0.0", "loss.align_gather=true", "train.lr=1e-3")
+    single = train(tiny(smoke_dir, "train.batch_size=4", *common), tmp_path / "single", device="cpu")
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(tiny(smoke_dir, "train.batch_size=2", *common).to_yaml())
+    done = subprocess.run(_torchrun(2, "train", "--config", str(cfg), "--output-dir", str(tmp_path / "ddp"),
+                                    "--device", "cpu"), env=_env(), capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(tmp_path / "single"), weights(tmp_path / "ddp")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"DDP vs single process: max |param diff| = {diff:.3g}")
+    assert single.step == 3
+    assert diff < 1e-5
+    # Metrics are reduced over ranks: both runs evaluated the same 6 val samples.
+    va = ckpt.load_state(tmp_path / "single" / "checkpoints" / "last")["val_metrics"]
+    vb = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "last")["val_metrics"]
+    assert va["count"] == vb["count"] == 6
+    assert vb["miou"] == pytest.approx(va["miou"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_failing_rank_stops_the_job_instead_of_hanging(smoke_dir, tmp_path):
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(tiny(smoke_dir, "train.batch_size=2", "train.max_steps=4").to_yaml())
+    env = _env()
+    env[FAIL_ENV] = "1:2"
+    start = time.monotonic()
+    done = subprocess.run(_torchrun(2, "train", "--config", str(cfg), "--output-dir", str(tmp_path / "run"),
+                                    "--device", "cpu"), env=env, capture_output=True, text=True, cwd=REPO,
+                          timeout=240)
+    assert done.returncode != 0
+    assert "rank 1 fails at step 2" in done.stderr
+    assert time.monotonic() - start < 200
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(smoke_dir, tmp_path, monkeypatch):
+    from lgrnet.model.lgrnet import LGRNet
+
+    original = LGRNet.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(LGRNet, "forward", forward)
+    config = tiny(smoke_dir, "train.checkpoint_every_steps=1", "train.epochs=1")
+    with pytest.raises(NonFiniteLossError, match=r"at step 3 \(epoch 1, batch 3\)"):
+        train(config, tmp_path / "run", device="cpu")
+    latest = ckpt.find_latest(tmp_path / "run")
+    assert latest.step == 2
+    assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run", latest.path.name).values())
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    config = tiny(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="nowhere"):
+        train(config, tmp_path / "run", device="cpu")
+    from lgrnet.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(config.to_yaml())
+    assert main(["train", "--config", str(cfg), "--output-dir", str(tmp_path / "run2"), "--device", "cpu"]) == 2
+
+
+def test_eval_command_prints_metrics_and_writes_predictions(smoke_dir, tmp_path, capsys):
+    from lgrnet.cli import main
+
+    result = train(tiny(smoke_dir, "train.max_steps=1"), tmp_path / "run", device="cpu")
+    capsys.readouterr()
+    preds = tmp_path / "preds.jsonl"
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(smoke_dir), "--split", "val",
+                 "--batch-size", "4", "--output", str(preds), "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("acc50", "acc75", "miou", "acc50_spatial", "acc50_non_spatial", "orig_acc50", "orig_miou"):
+        assert key in metrics
+    assert metrics["count"] == 6
+    # Same weights, same data, same rule as the trainer's own validation.
+    assert metrics["miou"] == pytest.approx(result.val_metrics["miou"], abs=1e-4)
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 6 and all(len(r["box"]) == 4 for r in rows)
+    # Shorthand DATASPEC and a clear error for a bad one.
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last"),
+                 "--data", f"jsonl:{smoke_dir}", "--split", "val", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 6
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", "bogus:x", "--device", "cpu"]) == 2
+    assert "--data bogus:x" in capsys.readouterr().err
