@@ -49,9 +49,9 @@ def _inside(p: Prediction, size: tuple[int, int]) -> None:
 def test_api_image_corpus(predictor, corpus, name):
     case = corpus[name]
     if case.ok:
-        _inside(predictor.predict(case.path, "the yellow square"), case.size)
-        # Attention maps survive degenerate shapes (1 x 1, 4000 x 2) too.
         p = predictor.predict(case.path, "the yellow square", attention=True)
+        _inside(p, case.size)
+        # Attention maps survive degenerate shapes (1 x 1, 4000 x 2) too.
         assert p.attention_map().shape == (case.size[1], case.size[0])
     else:
         with pytest.raises(DataError) as info:

@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from lgrnet.inference.predictor import Predictor
 
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
-    print(f"lgrnet demo: serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
-    launch(predictor, host=args.host, port=args.port)
+    print(f"lgrnet demo: {args.checkpoint} ({predictor.config.name}); Ctrl-C stops the server", flush=True)
+    try:
+        launch(predictor, host=args.host, port=args.port)
+    except OSError as exc:  # port taken, address not available on this machine
+        raise LGRNetError(f"cannot serve on {args.host}:{args.port}: {str(exc).splitlines()[0]}") from None
     return 0
