@@ -101,6 +101,7 @@ def test_jsonl_skips_bad_lines_and_writes_the_rest(checkpoint, images, tmp_path,
         assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1] and len(row["coord"]) == 2
 
 
+@pytest.mark.slow  # two fresh processes (torch import) over 30 real images
 def test_real_smoke_images_through_the_command(checkpoint, shared_data, tmp_path):
     """The real COCO images (random weights: the pipeline, not accuracy) via the installed ``lgrnet`` script."""
     smoke = shared_data / "real_smoke"

@@ -67,6 +67,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, fnt, width: float, max_lines: in
     """Greedy word wrap to ``width`` pixels, at most ``max_lines`` lines (the last one ellipsised)."""
     lines: list[str] = []
     current = ""
+    text = text[: 400 * max_lines]  # no caption line holds 400 characters: the rest would be cut anyway
     for word in text.split():
         while _text_width(draw, word, fnt) > width and len(word) > 1:  # break words longer than a line
             cut = max(1, int(len(word) * width / max(_text_width(draw, word, fnt), 1.0)) - 1)
