@@ -1,0 +1,387 @@
+"""The quickstart (``lgrnet quickstart``): the whole system working on a fresh CPU machine in a few minutes.
+
+1. A SynthRef set (:mod:`lgrnet.synth`) is generated once and cached: val/testA/testB for evaluation (200
+   expressions each by default) and a small train split for the fine-tune.
+2. The start model is the shipped SynthRef model (``lgrnet/weights/synthref-tiny/``: ``config.yaml`` +
+   ``model.safetensors`` without the frozen MiniLM text encoder, which is loaded from its package) or, with
+   ``--from-scratch`` or when the package holds no shipped weights (said plainly), a fresh ``lgrnet-tiny``.
+3. It is evaluated on val/testA/testB with the engine's :func:`lgrnet.engine.evaluate.evaluate`, trained for a
+   wall-clock budget with the engine's :func:`lgrnet.engine.train.train` (``train.time_limit_minutes``; the start
+   weights enter through ``train.init_from``), written to ``DIR/model/`` and evaluated again.
+4. ``DIR/metrics.json`` holds the final model's metrics per split plus ``before``; ``DIR/predictions.png`` a grid
+   of the final model's predictions on val (ground truth, predicted box, coordinate point, expression).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lgrnet.config import Config, load_config
+from lgrnet.errors import CheckpointError, LGRNetError
+
+#: Where the package keeps the shipped SynthRef model (absent until it has been trained and exported).
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "synthref-tiny"
+#: Environment variable naming another shipped-model folder (tests, or a model trained elsewhere).
+SHIPPED_MODEL_ENV = "LGRNET_SHIPPED_MODEL"
+EVAL_SPLITS = ("val", "testA", "testB")
+#: In a shipped-model folder: the val accuracy recorded at export on a fixed SynthRef sample (see check_recorded).
+RECORD_FILE = "metrics.json"
+
+
+def shipped_model_dir() -> Path:
+    """The folder the quickstart loads the shipped model from (``$LGRNET_SHIPPED_MODEL`` or the package's)."""
+    env = os.environ.get(SHIPPED_MODEL_ENV)
+    return Path(env) if env else SHIPPED_MODEL_DIR
+
+
+def has_model(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() and (folder / "model.safetensors").is_file()
+
+
+def default_cache_dir() -> Path:
+    """``$LGRNET_CACHE``, else ``$XDG_CACHE_HOME/lgrnet``, else ``~/.cache/lgrnet``."""
+    if os.environ.get("LGRNET_CACHE"):
+        return Path(os.environ["LGRNET_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lgrnet"
+
+
+@dataclass
+class QuickstartOptions:
+    output_dir: Path = Path("runs/quickstart")
+    train_minutes: float = 2.0  # wall-clock training budget (fine-tune, or from scratch)
+    from_scratch: bool = False
+    num_eval: int = 200  # expressions in each of val, testA, testB
+    num_train: int = 3000  # train expressions generated for the fine-tune
+    seed: int = 0  # SynthRef seed and training seed
+    weights: Path | None = None  # shipped-model folder; None: shipped_model_dir()
+    config: str | Config = "lgrnet-tiny"  # the from-scratch model (preset name, YAML file or Config)
+    overrides: list[str] = field(default_factory=list)  # "a.b=c" applied to the training config
+    cache_dir: Path | None = None
+    batch_size: int | None = None  # default: the model config's train.batch_size
+    max_steps: int = 0  # optional step limit on top of the time budget (tests)
+    num_examples: int = 8  # tiles in predictions.png
+    device: str = "auto"
+
+
+@dataclass
+class _Start:
+    model: torch.nn.Module
+    config: Config
+    source: str  # "shipped" or "from-scratch"
+    note: str  # one line for the user
+
+
+def _check(options: QuickstartOptions) -> None:
+    if options.train_minutes < 0:
+        raise LGRNetError(f"--train-minutes {options.train_minutes}: must be >= 0")
+    if options.num_eval < 1:
+        raise LGRNetError(f"--num-eval {options.num_eval}: must be at least 1")
+    if options.num_train < 1:
+        raise LGRNetError(f"--num-train {options.num_train}: must be at least 1")
+    if options.num_examples < 0:
+        raise LGRNetError(f"--examples {options.num_examples}: must be >= 0")
+    if options.from_scratch and options.train_minutes == 0 and options.max_steps == 0:
+        raise LGRNetError("--minutes 0: a model trained from scratch needs a training budget")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise LGRNetError(f"--batch-size {options.batch_size}: must be at least 1")
+
+
+def prepare_data(options: QuickstartOptions, say: Callable[[str], None]) -> Path:
+    """The cached SynthRef folder (train + val/testA/testB) for this seed and these sizes."""
+    from lgrnet.synth import ensure_synthref
+
+    cache = options.cache_dir or default_cache_dir()
+    folder = cache / f"synthref-{options.seed}-train{options.num_train}-eval{options.num_eval}"
+    meta = folder / "meta.json"
+    before = meta.stat().st_mtime_ns if meta.exists() else None
+    t0 = time.perf_counter()
+    ensure_synthref(folder, seed=options.seed, num_train=options.num_train, num_val=options.num_eval,
+                    num_test=options.num_eval)
+    reused = before is not None and meta.stat().st_mtime_ns == before
+    say(f"SynthRef (seed {options.seed}): {options.num_eval} expressions in each of val/testA/testB, "
+        f"{options.num_train} train, {'reused from' if reused else 'generated into'} {folder} "
+        f"({time.perf_counter() - t0:.1f} s)")
+    return folder
+
+
+def _fresh_model(options: QuickstartOptions) -> tuple[torch.nn.Module, Config]:
+    from lgrnet.engine.distributed import seed_everything
+    from lgrnet.model.lgrnet import LGRNet
+
+    config = load_config(options.config)
+    seed_everything(options.seed, 0)
+    return LGRNet(config.model, config.loss), config
+
+
+def start_model(options: QuickstartOptions, say: Callable[[str], None]) -> _Start:
+    """The shipped model, or a fresh one (asked for, or because the package holds no shipped weights)."""
+    from lgrnet.model.io import load_model
+
+    if not options.from_scratch:
+        folder = options.weights or shipped_model_dir()
+        if has_model(folder):
+            model, config = load_model(folder)
+            note = f"Loaded the shipped SynthRef model from {folder}."
+            say(note)
+            return _Start(model, config, "shipped", note)
+        if options.weights is not None:  # the user named a folder: that is an error, not a fallback
+            raise CheckpointError(f"--weights {folder}: not a model folder (config.yaml + model.safetensors)")
+        model, config = _fresh_model(options)
+        note = (f"No shipped SynthRef model in this build ({folder} holds no config.yaml + model.safetensors). "
+                f"Running the --from-scratch path instead: a fresh {config.name} trained for "
+                f"{options.train_minutes:g} min, which is far from a trained model. "
+                "scripts/train_synthref.sh trains and exports the shipped model.")
+        say(note)
+        return _Start(model, config, "from-scratch", note)
+    model, config = _fresh_model(options)
+    note = f"From scratch: a fresh {config.name} trained for {options.train_minutes:g} min."
+    say(note)
+    return _Start(model, config, "from-scratch", note)
+
+
+def training_config(base: Config, options: QuickstartOptions, data_root: Path, init_from: Path) -> Config:
+    """The start model's config set up for a time-limited run on the cached SynthRef train split."""
+    config = copy.deepcopy(base)
+    config.name = "quickstart"
+    data = config.data
+    data.format, data.root, data.train_split, data.val_split = "synth", str(data_root), "train", "val"
+    data.num_workers = 1  # two cores: one loads while the other computes
+    data.persistent_workers = False
+    tc = config.train
+    tc.time_limit_minutes = options.train_minutes
+    tc.max_steps = options.max_steps
+    tc.epochs = 10_000  # the budget ends the run, not the epoch count
+    tc.lr_drop_epochs = []
+    tc.warmup_steps = 0
+    tc.eval_every = 0  # evaluated here, on all three splits, after the run
+    tc.checkpoint_every, tc.checkpoint_every_steps = 0, 0
+    tc.log_every = 1
+    tc.seed = options.seed
+    tc.init_from = str(init_from)
+    if options.batch_size:
+        tc.batch_size = options.batch_size
+    if options.device == "cpu" or not torch.cuda.is_available():
+        tc.precision = "off"
+    return load_config(config, options.overrides)
+
+
+def evaluate_splits(model: torch.nn.Module, config: Config, device: str) -> dict[str, dict[str, float]]:
+    """Acc@0.5/Acc@0.75/mIoU of ``model`` on val, testA and testB of ``config.data`` (engine evaluation)."""
+    from lgrnet.data.dataset import build_dataloader
+    from lgrnet.data.readers import load_records
+    from lgrnet.engine.distributed import init_distributed
+    from lgrnet.engine.evaluate import evaluate
+    from lgrnet.model.text import build_tokenizer
+
+    info = init_distributed(device)
+    model = model.to(info.device)
+    tokenizer = build_tokenizer(config.model.text)
+    results = {}
+    for split in EVAL_SPLITS:
+        loader = build_dataloader(load_records(config.data, split), config, tokenizer, train=False,
+                                  distributed=False)
+        metrics, _ = evaluate(model, loader, info)
+        results[split] = summarize(metrics)
+    return results
+
+
+def summarize(metrics: dict[str, float]) -> dict[str, float]:
+    """The engine's metric names -> the quickstart's (``acc@0.5`` ...), in percent, rounded."""
+    return {"acc@0.5": round(metrics["acc50"], 2), "acc@0.75": round(metrics["acc75"], 2),
+            "miou": round(metrics["miou"], 2), "acc@0.5_original": round(metrics["orig_acc50"], 2),
+            "count": int(metrics["count"])}
+
+
+def write_model_folder(checkpoint: Path, folder: Path) -> tuple[torch.nn.Module, Config]:
+    """Copy a training checkpoint's model into ``folder`` (config without the run's time limit or init) and
+    return the model as :func:`lgrnet.model.io.load_model` reads it back."""
+    from lgrnet.model.io import load_model, save_model
+
+    model, config = load_model(checkpoint)
+    config.train.init_from = None
+    config.train.time_limit_minutes = 0.0
+    config.train.max_steps = 0
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, config, tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return load_model(folder)
+
+
+def render_predictions(model: torch.nn.Module, config: Config, path: Path, count: int, device: str,
+                       title: str) -> Path:
+    """A grid of ``count`` val predictions (inference helpers: box, coordinate point, ground truth, caption)."""
+    from PIL import Image, ImageDraw
+
+    from lgrnet.data.readers import load_records
+    from lgrnet.inference.predictor import Predictor
+    from lgrnet.inference.visualize import (
+        BACKGROUND,
+        TEXT_COLOR,
+        add_caption,
+        draw_prediction,
+        font,
+        save_png,
+    )
+
+    records = load_records(config.data, "val")
+    # One expression per image first (SynthRef has several per image), so the grid shows different scenes.
+    seen: set[str] = set()
+    distinct = [r for r in records if not (r.image in seen or seen.add(r.image))]
+    chosen = (distinct + [r for r in records if all(r is not d for d in distinct)])[:count]
+    predictor = Predictor(model, config, device="cpu" if device == "cpu" else None)
+    predictions = predictor.predict([(r.image, r.expression) for r in chosen])
+    cell_w, cell_h, columns = 320, 240, 4
+    tiles = []
+    for record, prediction in zip(chosen, predictions):
+        tile = draw_prediction(record.image, prediction, ground_truth=record.box, caption=False)
+        tile.thumbnail((cell_w, cell_h))
+        cell = Image.new("RGB", (cell_w, cell_h), BACKGROUND)
+        cell.paste(tile, ((cell_w - tile.width) // 2, (cell_h - tile.height) // 2))
+        tiles.append(add_caption(cell, record.expression, max_lines=2, size=14))
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    gap, head = 8, 36
+    width = min(columns, len(tiles)) * (cell_w + gap) + gap
+    height = head + sum(max(t.height for t in row) + gap for row in rows) + gap
+    grid = Image.new("RGB", (max(width, 2 * cell_w), height), BACKGROUND)
+    ImageDraw.Draw(grid).text((gap, 8), title, font=font(16), fill=TEXT_COLOR)
+    y = head
+    for row in rows:
+        for j, tile in enumerate(row):
+            grid.paste(tile, (gap + j * (cell_w + gap), y))
+        y += max(t.height for t in row) + gap
+    return save_png(grid, path)
+
+
+def format_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'split':6s} {'n':>5s} {'Acc@0.5 before':>15s} {'Acc@0.5 after':>14s} {'mIoU after':>11s}"]
+    for split in EVAL_SPLITS:
+        b, a = before[split], after[split]
+        lines.append(f"{split:6s} {a['count']:5d} {b['acc@0.5']:14.1f}% {a['acc@0.5']:13.1f}% {a['miou']:10.1f}%")
+    return "\n".join(lines)
+
+
+def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the quickstart into ``options.output_dir``; returns what ``metrics.json`` holds."""
+    from lgrnet.engine.train import train
+    from lgrnet.model.io import save_model
+
+    _check(options)
+    t_start = time.perf_counter()
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("train", "model"):  # a previous quickstart's run: the metrics log would otherwise append
+        shutil.rmtree(out / stale, ignore_errors=True)
+    seconds: dict[str, float] = {}
+
+    data_root = prepare_data(options, say)
+    seconds["data"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    start = start_model(options, say)
+    init = out / "train" / "init"
+    save_model(start.model, start.config, init)  # the exact start weights, handed to the trainer
+    config = training_config(start.config, options, data_root, init)
+    if options.train_minutes == 0 and options.max_steps == 0 and start.source == "from-scratch":
+        raise LGRNetError("--minutes 0: a model trained from scratch needs a training budget")
+    say(f"Evaluating the {'shipped' if start.source == 'shipped' else 'untrained'} model on val/testA/testB ...")
+    before = evaluate_splits(start.model, config, options.device)
+    seconds["eval_before"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    steps, samples, stopped = 0, 0, ""
+    if options.train_minutes > 0 or options.max_steps > 0:
+        say(f"Training for {options.train_minutes:g} min (batch {config.train.batch_size}) ...")
+        result = train(config, out / "train", device=options.device)
+        checkpoint = result.last_checkpoint or out / "train" / "checkpoints" / "last"
+        steps, stopped = result.step, result.stopped_early
+        samples = steps * config.train.batch_size * max(1, config.train.accumulation_steps)
+    else:
+        checkpoint = init
+    seconds["train"] = time.perf_counter() - t0
+    model, final_config = write_model_folder(checkpoint, out / "model")
+    shutil.rmtree(init, ignore_errors=True)
+
+    t0 = time.perf_counter()
+    after = evaluate_splits(model, final_config, options.device)
+    seconds["eval_after"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if options.num_examples:
+        title = (f"{start.source}, {options.train_minutes:g} min training, val Acc@0.5 "
+                 f"{after['val']['acc@0.5']:.1f}%. Red: predicted box, yellow: predicted coordinate, "
+                 "green dashed: ground truth")
+        render_predictions(model, final_config, out / "predictions.png", options.num_examples, options.device,
+                           title)
+    seconds["render"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+
+    report: dict[str, Any] = {
+        **after,
+        "minutes": options.train_minutes,
+        "before": before,
+        "start": start.source,
+        "note": start.note,
+        "train": {"steps": steps, "samples_seen": samples, "batch_size": config.train.batch_size,
+                  "stopped": stopped or "completed"},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "data": {"root": str(data_root), "seed": options.seed, "num_eval_per_split": options.num_eval,
+                 "num_train": options.num_train},
+        "model_dir": str(out / "model"),
+    }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    say("")
+    say(f"Start: {start.source}. Trained {seconds['train'] / 60:.1f} min: {steps} steps, {samples} samples seen.")
+    say(format_table(before, after))
+    say(f"Wrote {out / 'model'}/ (lgrnet predict/eval --checkpoint), {out / 'metrics.json'}"
+        + (f", {out / 'predictions.png'}" if options.num_examples else "")
+        + f". Total {seconds['total'] / 60:.1f} min.")
+    return report
+
+
+def sample_accuracy(model: torch.nn.Module, config: Config, cache: Path, seed: int, num: int,
+                    split: str = "val") -> dict[str, float]:
+    """Metrics of ``model`` on a fixed SynthRef sample: ``num`` expressions of ``split`` for ``seed`` (generated
+    into ``cache`` once). The shipped model records this at export; tests check that it is reproduced."""
+    from lgrnet.data.dataset import build_dataloader
+    from lgrnet.data.readers import load_records
+    from lgrnet.engine.distributed import init_distributed
+    from lgrnet.engine.evaluate import evaluate
+    from lgrnet.model.text import build_tokenizer
+    from lgrnet.synth import ensure_synthref
+
+    folder = cache / f"synthref-{seed}-{split}{num}"
+    ensure_synthref(folder, seed=seed, num_train=0, num_val=num if split == "val" else 0,
+                    num_test=num if split != "val" else 0)
+    config = copy.deepcopy(config)
+    config.data.format, config.data.root, config.data.num_workers = "synth", str(folder), 0
+    info = init_distributed("cpu")
+    loader = build_dataloader(load_records(config.data, split), config, build_tokenizer(config.model.text),
+                              train=False, batch_size=32, distributed=False)
+    metrics, _ = evaluate(model.to(info.device), loader, info)
+    return summarize(metrics)
+
+
+def check_recorded(folder: Path, cache: Path) -> tuple[float, float, int]:
+    """(measured, recorded) Acc@0.5 of the model folder on the sample named in its ``metrics.json``, and the
+    sample size."""
+    from lgrnet.model.io import load_model
+
+    record_path = folder / RECORD_FILE
+    if not record_path.is_file():
+        raise CheckpointError(f"{folder}: no {RECORD_FILE} with the accuracy recorded at export")
+    record = json.loads(record_path.read_text())["sample"]
+    model, config = load_model(folder)
+    measured = sample_accuracy(model, config, cache, record["seed"], record["num"], record["split"])
+    return measured["acc@0.5"], float(record["acc@0.5"]), int(record["num"])
