@@ -201,3 +201,26 @@ def test_round_trip_matches_engine_evaluation(tmp_path):
         assert np.allclose(mine.box_xyxy, theirs["box"], atol=0.011), (mine.box_xyxy, theirs["box"])
     assert _close(trained.predict(REAL_SMOKE / rows[0]["image"], rows[0]["expression"]), ours[0], 1e-5)
 
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("lgrnet-paper-swin-s", []),
+    ("lgrnet-r101", []),
+    ("lgrnet-swin-s", ["model.coord_embed=none", "model.num_pred_tokens=2"]),
+])
+def test_other_model_variants(preset, overrides):
+    """Paper variant, ResNet extractor, no coordinate branch (the box centre stands in) with two prediction tokens."""
+    from lgrnet import tiny_twin
+    from lgrnet.config import apply_overrides
+    from lgrnet.model.lgrnet import LGRNet
+
+    config = apply_overrides(tiny_twin(preset), overrides)
+    torch.manual_seed(0)
+    predictor = Predictor(LGRNet(config.model, config.loss), config, device="cpu")
+    p = predictor.predict(np.full((50, 70, 3), 120, np.uint8), "the left thing", attention=True)
+    x1, y1, x2, y2 = p.box_xyxy
+    assert 0 <= x1 <= x2 <= 70 and 0 <= y1 <= y2 <= 50
+    assert p.attention_map().shape == (50, 70) and [w for w, _ in p.words()] == ["the", "left", "thing"]
+    if config.model.coord_embed == "none":
+        # The centre of the (unclamped) canvas box: inside the clamped box.
+        assert x1 <= p.coord_xy[0] <= x2 and y1 <= p.coord_xy[1] <= y2
