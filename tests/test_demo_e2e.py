@@ -3,7 +3,8 @@ Selenium; no browser download). Loads the page, submits a SynthRef example, chec
 come back, that a bad request gets a message and leaves the server up, and takes a screenshot.
 
 Needs /usr/bin/chromium and /usr/bin/chromedriver (``make browser`` installs them; ``make test`` depends on it).
-Set LGRNET_DEMO_SCREENSHOT=path.png to keep the screenshot (the README's docs/images/demo.png comes from here).
+Set LGRNET_DEMO_SCREENSHOT=path.png to keep the screenshot (the README's docs/images/demo.png comes from here) and
+LGRNET_DEMO_CHECKPOINT=folder to serve a trained model rather than an untrained tiny one.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    checkpoint = make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    # LGRNET_DEMO_CHECKPOINT: serve a trained model instead (to refresh the README screenshot).
+    checkpoint = os.environ.get("LGRNET_DEMO_CHECKPOINT") or make_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny")
     port = _free_port()
     log = tmp_path_factory.mktemp("log") / "demo.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
