@@ -51,7 +51,7 @@ class BenchmarkSettings:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     precision: Precision = "fp32"
     compile: bool = False
-    # Batch-1 latency through CUDA graphs (torch.compile mode="reduce-overhead"); GPU only.
+    # Batch-1 latency with the eager forward captured once in a CUDA graph and replayed; GPU only.
     cuda_graphs: bool = False
     train: bool = False
     train_batch_size: int | None = None  # default: the largest inference batch size
@@ -118,7 +118,7 @@ class BenchmarkReport:
     models: dict[str, ModelResult]
     ratios: dict[str, float] = field(default_factory=dict)
     data_loading: dict[str, Any] | None = None
-    # Median inclusive CPU time per forward of the full model's parts (``--breakdown``), ms.
+    # Median inclusive process CPU time per forward of the full model's parts (``--breakdown``), ms.
     breakdown_ms: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -368,14 +368,65 @@ def _compiled(model: nn.Module, mode: str | None) -> nn.Module:
     return torch.compile(model, mode=mode, dynamic=False)  # type: ignore[return-value]
 
 
-def time_inference(models: dict[str, nn.Module], inputs: dict[str, torch.Tensor], settings: BenchmarkSettings,
-                   device: torch.device, interleave: bool,
+def _cuda_graph_fn(model: nn.Module, inputs: dict[str, torch.Tensor], device: torch.device,
+                   precision: Precision, warmup: int) -> Callable[[], Any]:
+    """One inference forward captured in a CUDA graph (static inputs); the returned function replays it.
+
+    Warm-up runs on a side stream first, as graph capture requires; autocast's weight-cast cache is off during
+    capture so that the casts are part of the graph.
+    """
+    kwargs = _inference_inputs(inputs)
+
+    def forward() -> Any:
+        with torch.inference_mode(), contextlib.ExitStack() as stack:
+            if precision != "fp32":
+                stack.enter_context(torch.autocast("cuda", dtype=_DTYPES[precision], cache_enabled=False))
+            return model(**kwargs)
+
+    graph = torch.cuda.CUDAGraph()
+    with _without_mask_skip_checks():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(max(1, warmup)):
+                forward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.cuda.graph(graph):
+            forward()
+    return graph.replay
+
+
+@contextlib.contextmanager
+def _without_mask_skip_checks() -> Iterator[None]:
+    """Turns off transformers' "is every token real?" test before SDPA, which reads the mask on the host.
+
+    That read (``padding_mask.all()`` -> bool) is a device-to-host sync, which CUDA graph capture forbids. Without
+    the test the explicit mask is always passed to SDPA: the same result, one fewer shortcut. Benchmark-only.
+    """
+    from unittest import mock
+
+    try:
+        import transformers.masking_utils as masking
+    except ImportError:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for name in ("_ignore_bidirectional_mask_sdpa", "_ignore_causal_mask_sdpa"):
+            if hasattr(masking, name):
+                stack.enter_context(mock.patch.object(masking, name, lambda *args, **kwargs: False))
+        yield
+
+
+def time_inference(models: dict[str, nn.Module | Callable[[], Any]], inputs: dict[str, torch.Tensor],
+                   settings: BenchmarkSettings, device: torch.device, interleave: bool,
                    cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Per-call latencies (ms) after warm-up. ``interleave`` alternates the models call by call.
 
-    On CPU, ``cpu_times`` (if given) receives each call's process CPU time per model.
+    A value that is not an ``nn.Module`` is called as is (a prepared replay function). On CPU, ``cpu_times`` (if
+    given) receives each call's process CPU time per model.
     """
-    fns = {name: _inference_fn(m, inputs, device, settings.precision) for name, m in models.items()}
+    fns = {name: _inference_fn(m, inputs, device, settings.precision) if isinstance(m, nn.Module) else m
+           for name, m in models.items()}
     timers = {name: _Timer(device) for name in fns}
     samples: dict[str, list[float]] = {name: [] for name in fns}
     if interleave:
@@ -402,7 +453,10 @@ def measure_inference(model: nn.Module, inputs: dict[str, torch.Tensor], setting
     batch = inputs["images"].shape[0]
     cpu: dict[str, list[float]] = {}
     with _peak_memory(device) as peak:
-        times = time_inference({"m": model}, inputs, settings, device, interleave=False, cpu_times=cpu)["m"]
+        runner: nn.Module | Callable[[], Any] = model
+        if mode == "cuda-graphs":
+            runner = _cuda_graph_fn(model, inputs, device, settings.precision, settings.warmup)
+        times = time_inference({"m": runner}, inputs, settings, device, interleave=False, cpu_times=cpu)["m"]
     return _inference_result(batch, times, peak["mib"], mode, cpu.get("m"))
 
 
@@ -587,14 +641,20 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
             continue
         for name, model in models.items():
             model.to(device)
-            modes = [("compiled" if settings.compile else "eager", None if not settings.compile else "default")]
+            modes = ["compiled" if settings.compile else "eager"]
             if settings.cuda_graphs and batch == 1:
-                modes.append(("cuda-graphs", "reduce-overhead"))
-            for mode, compile_mode in modes:
+                modes.append("cuda-graphs")
+            for mode in modes:
                 _log(progress, f"timing inference of {name}, batch {batch}, {mode}")
-                runner = model if compile_mode is None else _compiled(model, None if compile_mode == "default"
-                                                                      else compile_mode)
-                report.models[name].inference.append(measure_inference(runner, inputs, settings, device, mode))
+                runner = _compiled(model, None) if mode == "compiled" else model
+                try:
+                    result = measure_inference(runner, inputs, settings, device, mode)
+                except RuntimeError as exc:  # e.g. a host sync inside the forward breaks graph capture
+                    if mode != "cuda-graphs":
+                        raise
+                    report.notes.append(f"{name}: CUDA graph capture failed: {str(exc).splitlines()[0]}")
+                    continue
+                report.models[name].inference.append(result)
                 _updated(report, on_update)
             model.to("cpu")
             _free(device)
@@ -714,7 +774,7 @@ def format_table(report: BenchmarkReport) -> str:
         lines.append(f"data loading: {d['workers_needed']} workers at {d['per_worker_samples_per_s']:.1f} samples/s "
                      f"each feed {d['train_samples_per_s']:.1f} training samples/s ({d['model']} model)")
     if report.breakdown_ms:
-        lines.append("full model parts, ms (inclusive): "
+        lines.append("full model parts, CPU ms (inclusive): "
                      + ", ".join(f"{k} {v:.1f}" for k, v in report.breakdown_ms.items()))
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
@@ -794,6 +854,24 @@ def fusion_attention_ops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> d
     return counts
 
 
+def host_sync_ops(model: nn.Module, inputs: dict[str, torch.Tensor], graph_safe: bool = True) -> dict[str, int]:
+    """Ops in one inference forward that read a tensor on the host (a GPU sync; forbidden in CUDA graph capture).
+
+    Counted from a CPU profiler trace; ``graph_safe`` applies the same shim as the CUDA-graph timing.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    kwargs = _inference_inputs(inputs)
+    shim = _without_mask_skip_checks() if graph_safe else contextlib.nullcontext()
+    with torch.inference_mode(), shim, profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.eval()(**kwargs)
+    counts: dict[str, int] = {}
+    for event in prof.events():
+        if event.name in ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero"):
+            counts[event.name] = counts.get(event.name, 0) + 1
+    return counts
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Where the time goes (CPU profiling aid)
 
@@ -802,16 +880,20 @@ def fusion_attention_ops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> d
 BREAKDOWN_MODULES = [
     "text", "visual", "visual.backbone.patch_embed", *(f"visual.backbone.layers.{i}" for i in range(4)),
     *(f"visual.stage_qda.{i}" for i in range(4)), *(f"visual.backbone.norm{i}" for i in range(4)), "visual.neck",
-    *(f"visual.neck.laterals.{i}" for i in range(4)), *(f"visual.neck.down_qda.{i}" for i in range(3)),
-    "visual_proj", "tfe", "reasoning", "head",
+    *(f"visual.neck.laterals.{i}" for i in range(4)),
+    # The neck calls its QDA through ``forward_map`` (no module hooks): time the gates inside instead.
+    *(f"visual.neck.down_qda.{i}.{gate}" for i in range(3) for gate in ("channel_gate", "spatial_gate")),
+    "visual_proj", "tfe.text_proj", "tfe.coordinate_head", "reasoning", "head",
 ]
 
 
 def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[str], repeats: int = 3
                  ) -> dict[str, float]:
-    """Median inclusive wall time (ms) per forward of the named submodules (CPU; hooks with perf_counter).
+    """Median inclusive time (ms) per forward of the named submodules (CPU; forward hooks).
 
-    A module called several times per forward (e.g. shared heads) has its calls summed.
+    Time is this process's CPU time (``time.process_time``), which other jobs on a shared machine do not inflate;
+    with one torch thread it equals the compute time. A module called several times per forward has its calls
+    summed.
     """
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
@@ -822,10 +904,10 @@ def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[
     handles = []
     for name in names:
         def pre(_m, _a, name=name):
-            starts[name].append(time.perf_counter())
+            starts[name].append(time.process_time())
 
         def post(_m, _a, _o, name=name):
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts[name].pop()
+            totals[name] = totals.get(name, 0.0) + time.process_time() - starts[name].pop()
 
         handles += [modules[name].register_forward_pre_hook(pre), modules[name].register_forward_hook(post)]
     runs: dict[str, list[float]] = {n: [] for n in ["total", *names]}
@@ -834,9 +916,9 @@ def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[
         run()  # warm-up
         for _ in range(repeats):
             totals.clear()
-            start = time.perf_counter()
+            start = time.process_time()
             run()
-            runs["total"].append(time.perf_counter() - start)
+            runs["total"].append(time.process_time() - start)
             for n in names:
                 runs[n].append(totals.get(n, 0.0))
     finally:

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fp32, or bf16/fp16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile both models (default mode)")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="also time batch 1 with CUDA graphs (torch.compile mode=reduce-overhead)")
+                   help="also time batch 1 replaying a CUDA graph of the eager forward (GPU)")
     p.add_argument("--train", action="store_true", help="also time AdamW training steps")
     p.add_argument("--train-batch-size", type=int, help="training batch (default: largest --batch-sizes)")
     p.add_argument("--image-size", type=int, help="square input size (default: the config's model.image_size)")
