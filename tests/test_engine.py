@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lgrnet.config import Config, load_config, tiny_twin
+from lgrnet.config import TINY_TEXT, Config, load_config, tiny_twin
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.train import FAIL_ENV, NonFiniteLossError, train
 from lgrnet.errors import DataError
@@ -173,7 +173,10 @@ def _torchrun(nproc: int, *args: str) -> list[str]:
 def test_ddp_two_processes_match_one_process(smoke_dir, tmp_path):
     """torchrun (gloo, 2 x batch 2) == one process with batch 4 after 3 steps, within float tolerance. The
     alignment loss gathers negatives across ranks so that it sees the same global batch."""
-    common = ("train.max_steps=3", "model.dropout=0.0", "loss.align_gather=true", "train.lr=1e-3")
+    # No dropout anywhere (the BERT encoder has its own): the random masks of 2 ranks cannot equal those of 1.
+    text = dict(TINY_TEXT["config_overrides"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common = ("train.max_steps=3", "model.dropout=0.0", "loss.align_gather=true", "train.lr=1e-3",
+              f"model.text.config_overrides={json.dumps(text)}")
     single = train(tiny(smoke_dir, "train.batch_size=4", *common), tmp_path / "single", device="cpu")
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(tiny(smoke_dir, "train.batch_size=2", *common).to_yaml())
@@ -182,10 +185,22 @@ def test_ddp_two_processes_match_one_process(smoke_dir, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = weights(tmp_path / "single"), weights(tmp_path / "ddp")
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    print(f"DDP vs single process: max |param diff| = {diff:.3g}")
+    # The key bias of softmax attention gets an exactly-zero gradient (softmax is shift-invariant per query);
+    # AdamW turns its round-off, which depends on the summation order (1 vs 2 ranks), into +-lr steps. Compare
+    # it separately: it must stay within those noise steps; everything else within float tolerance.
+    diffs, key_bias = {}, 0.0
+    for k in a:
+        d = (a[k] - b[k]).abs()
+        if k.endswith("in_proj_bias"):
+            third = d.numel() // 3
+            key_bias = max(key_bias, d[third: 2 * third].max().item())
+            d = torch.cat([d[:third], d[2 * third:]])
+        diffs[k] = d.max().item()
+    diff = max(diffs.values())
+    print(f"DDP vs single process: max |param diff| = {diff:.3g} (attention key biases: {key_bias:.3g})")
     assert single.step == 3
-    assert diff < 1e-5
+    assert diff < 2e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
+    assert key_bias <= 2 * 3 * 1e-3 + 1e-6
     # Metrics are reduced over ranks: both runs evaluated the same 6 val samples.
     va = ckpt.load_state(tmp_path / "single" / "checkpoints" / "last")["val_metrics"]
     vb = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "last")["val_metrics"]
