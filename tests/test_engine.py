@@ -279,3 +279,42 @@ def test_eval_command_prints_metrics_and_writes_predictions(smoke_dir, tmp_path,
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["count"] == 6
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", "bogus:x", "--device", "cpu"]) == 2
     assert "--data bogus:x" in capsys.readouterr().err
+
+
+def test_time_limit_stops_with_a_validated_resumable_checkpoint(smoke_dir, tmp_path):
+    config = tiny(smoke_dir, "train.epochs=1000", "train.time_limit_minutes=0.05")
+    start = time.perf_counter()
+    result = train(config, tmp_path / "run", device="cpu")
+    assert result.stopped_early == "time_limit" and result.step >= 1
+    assert time.perf_counter() - start < 120  # 3 s budget; generous for a loaded CI machine
+    assert result.val_metrics["count"] == 6
+    info = ckpt.find_latest(tmp_path / "run")
+    assert info is not None and info.step == result.step
+
+
+CONFIGS = REPO / "configs"
+
+
+@pytest.mark.parametrize("name", ["refcoco", "refcoco+", "refcocog-umd", "refcocog-google", "referit", "flickr30k"])
+def test_paper_configs_follow_the_reference_recipe(name):
+    c = load_config(CONFIGS / f"{name}.yaml")
+    t = c.train
+    assert (t.lr, t.lr_visual, t.lr_neck_lateral, t.lr_text, t.lr_qda, t.weight_decay) == \
+        (1e-4, 1e-5, 1e-5, 1e-5, 1e-4, 1e-4)
+    assert (t.epochs, t.lr_drop_epochs, t.lr_gamma) == (90, [60], 0.1)
+    assert t.batch_size * 8 * t.accumulation_steps == 128  # paper: 8 GPUs
+    assert (c.model.image_size, c.model.text.max_length, c.data.format) == (640, 40, "transvg")
+    assert c.name == name
+
+
+def test_other_configs_load():
+    dataset = {"refcoco+": "unc+", "refcocog-umd": "gref_umd", "refcocog-google": "gref", "referit": "referit",
+               "flickr30k": "flickr"}
+    for name, key in dataset.items():
+        assert load_config(CONFIGS / f"{name}.yaml").data.dataset == key
+    vg, ft = load_config(CONFIGS / "vg-pretrain.yaml"), load_config(CONFIGS / "refcocog-umd-finetune.yaml")
+    assert (vg.data.format, vg.train.epochs, ft.train.epochs) == ("vg", 6, 50)
+    assert ft.train.init_from == "runs/vg-pretrain/checkpoints/last"
+    custom = load_config(CONFIGS / "custom.yaml", ["data.root=somewhere", "train.time_limit_minutes=5"])
+    assert (custom.data.format, custom.data.root, custom.train.time_limit_minutes) == ("jsonl", "somewhere", 5.0)
+    assert load_config(CONFIGS / "tiny-cpu.yaml").name == "tiny-cpu"
