@@ -1,0 +1,94 @@
+"""Export a trained SynthRef checkpoint as the package's shipped model (``src/lgrnet/weights/synthref-tiny/``).
+
+The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``, read by
+:func:`lgrnet.model.io.load_model`) with three differences from a training checkpoint:
+
+* the text encoder's weights are left out (the frozen offline MiniLM is loaded from its package at run time);
+* floating-point tensors are stored in fp16 by default (``lgrnet-tiny`` without MiniLM is ~7.9 M parameters:
+  ~32 MB in fp32, over the 20 MB limit; loading casts them back to the model's fp32);
+* ``metrics.json`` records the run's val metrics and the Acc@0.5 of the *exported* weights on a fixed SynthRef
+  val sample, which ``tests/test_quickstart.py`` checks the shipped model reproduces.
+
+    python scripts/export_shipped_model.py --run runs/synthref-tiny --out src/lgrnet/weights/synthref-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from lgrnet.engine.evaluate import resolve_model_folder
+from lgrnet.model.io import CONFIG_FILE, TEXT_PREFIX, WEIGHTS_FILE, load_model
+from lgrnet.quickstart import RECORD_FILE, sample_accuracy
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: int, sample_num: int,
+           cache: Path) -> dict:
+    model, config = load_model(checkpoint)
+    if config.model.text.name != "minilm" or not config.model.text.freeze:
+        print(f"warning: the text encoder is {config.model.text.name!r} (freeze={config.model.text.freeze}); "
+              "the shipped model expects the frozen offline MiniLM", file=sys.stderr)
+    config.model.text.save_weights = False
+    config.train.init_from = None
+    config.train.time_limit_minutes, config.train.max_steps = 0.0, 0
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(TEXT_PREFIX)}
+    target = DTYPES[dtype]
+    state = {k: (v.to(target) if v.is_floating_point() else v).contiguous().clone() for k, v in state.items()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "lgrnet_config": CONFIG_FILE,
+                                                            "dtype": dtype})
+        (tmp / CONFIG_FILE).write_text(config.to_yaml())
+        size_mb = (tmp / WEIGHTS_FILE).stat().st_size / 2**20
+        if size_mb > max_mb:
+            raise SystemExit(f"export: {WEIGHTS_FILE} is {size_mb:.1f} MB, over the {max_mb:g} MB limit")
+        # Record what the exported (rounded) weights score, not what the fp32 checkpoint scored.
+        exported, exported_config = load_model(tmp)
+        sample = sample_accuracy(exported, exported_config, cache, sample_seed, sample_num, "val")
+        state_file = checkpoint / "training_state.pt"
+        run_val = {}
+        if state_file.is_file():
+            run_val = torch.load(state_file, weights_only=True, map_location="cpu").get("val_metrics", {})
+        record = {"sample": {"seed": sample_seed, "split": "val", "num": sample_num, **sample},
+                  "run_val": run_val, "checkpoint": str(checkpoint), "dtype": dtype,
+                  "size_mb": round(size_mb, 2), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="training output folder (its checkpoints/best, else last)")
+    source.add_argument("--checkpoint", type=Path, help="a model folder")
+    parser.add_argument("--out", type=Path, default=Path("src/lgrnet/weights/synthref-tiny"))
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    parser.add_argument("--max-mb", type=float, default=20.0)
+    parser.add_argument("--sample-seed", type=int, default=1234, help="SynthRef seed of the recorded val sample")
+    parser.add_argument("--sample-num", type=int, default=200, help="expressions in the recorded val sample")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lgrnet-export-sample")
+    args = parser.parse_args()
+    checkpoint = Path(resolve_model_folder(str(args.run))) if args.run else args.checkpoint
+    record = export(checkpoint, args.out, args.dtype, args.max_mb, args.sample_seed, args.sample_num, args.cache)
+    print(f"exported {checkpoint} -> {args.out} ({record['size_mb']} MB, {args.dtype}); val sample "
+          f"(seed {args.sample_seed}, {args.sample_num}) Acc@0.5 {record['sample']['acc@0.5']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
