@@ -53,7 +53,7 @@ bench() {  # name limit_s args...
   shift 2
   say "step $name (limit ${limit}s): lgrnet benchmark $*"
   timeout --kill-after=10 "$limit" "$PY" -m lgrnet.cli benchmark "${MODEL[@]}" "$@" --json "$OUT/$name.json" \
-    2>&1 | grep -v -e "^\s*$" | tee -a "$LOG"
+    2>&1 | grep --line-buffered -v -e "^\s*$" | tee -a "$LOG"
   local rc=$?
   [ $rc -eq 0 ] || say "step $name ended with status $rc (124 = time limit); its JSON holds what was measured"
 }
