@@ -38,10 +38,15 @@ def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: 
     if config.model.text.name != "minilm" or not config.model.text.freeze:
         print(f"warning: the text encoder is {config.model.text.name!r} (freeze={config.model.text.freeze}); "
               "the shipped model expects the frozen offline MiniLM", file=sys.stderr)
-    config.model.text.save_weights = False
+    # A pretrained encoder is reloaded from its package at run time; a randomly initialised one (tests' tiny
+    # twins) only exists in the file, so it stays there.
+    text = config.model.text
+    strip_text = bool(text.pretrained and text.name)
+    config.model.text.save_weights = not strip_text
     config.train.init_from = None
     config.train.time_limit_minutes, config.train.max_steps = 0.0, 0
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(TEXT_PREFIX)}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
+             if not (strip_text and k.startswith(TEXT_PREFIX))}
     target = DTYPES[dtype]
     state = {k: (v.to(target) if v.is_floating_point() else v).contiguous().clone() for k, v in state.items()}
 

@@ -16,7 +16,13 @@ from PIL import Image
 
 from lgrnet.cli import main
 from lgrnet.config import tiny_twin
-from lgrnet.quickstart import EVAL_SPLITS, SHIPPED_MODEL_DIR, SHIPPED_MODEL_ENV, check_recorded, has_model
+from lgrnet.quickstart import (
+    EVAL_SPLITS,
+    SHIPPED_MODEL_DIR,
+    SHIPPED_MODEL_ENV,
+    check_recorded,
+    has_model,
+)
 
 NUM_EVAL = 4
 
@@ -69,10 +75,12 @@ def test_outputs_have_the_documented_shape(scratch):
     out, m = scratch["out"], scratch["metrics"]
     for key in (*EVAL_SPLITS, "minutes", "before"):
         assert key in m
-    for split in EVAL_SPLITS:
-        for metrics in (m[split], m["before"][split]):
-            assert 0.0 <= metrics["acc@0.5"] <= 100.0 and 0.0 <= metrics["miou"] <= 100.0
-            assert metrics["count"] == NUM_EVAL
+    # From scratch, "before" is the untrained model on val only (chance level on every split).
+    assert set(m["before"]) == {"val"}
+    for metrics in (m["val"], m["testA"], m["testB"], m["before"]["val"]):
+        assert 0.0 <= metrics["acc@0.5"] <= 100.0 and 0.0 <= metrics["miou"] <= 100.0
+        assert metrics["count"] == NUM_EVAL
+    assert m["train"]["loss_first"] > 0 and m["train"]["loss_last"] > 0
     assert m["minutes"] == 5.0
     assert has_model(out / "model") and not (out / "model" / "training_state.pt").exists()
     assert not (out / "train" / "init").exists()  # the hand-off folder is cleaned up
@@ -137,3 +145,64 @@ def test_shipped_model_reproduces_recorded_val_accuracy(tmp_path):
     measured, recorded, num = check_recorded(SHIPPED_MODEL_DIR, tmp_path)
     # CPU kernels may differ across machines: at most one sample of the fixed val sample may flip.
     assert abs(measured - recorded) <= 100.0 / num + 1e-6
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_curve_from_metrics_log(tmp_path):
+    lc = _script("learning_curve")
+    (tmp_path / "config.yaml").write_text("train:\n  batch_size: 32\n  accumulation_steps: 2\n")
+    t = 1000.0
+    lines = [{"kind": "train", "step": 10, "time": t + 60, "loss": 3.0},
+             {"kind": "train", "step": 20, "time": t + 120, "loss": 2.0},
+             {"kind": "val", "step": 20, "time": t + 150, "epoch": 1, "acc50": 12.5, "acc75": 3.0, "miou": 20.0},
+             # the run was stopped for a day and resumed: the gap does not count
+             {"kind": "train", "step": 30, "time": t + 86400, "loss": 1.5},
+             {"kind": "val", "step": 30, "time": t + 86430, "epoch": 2, "acc50": 40.0, "acc75": 9.0, "miou": 35.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = lc.curve(tmp_path)
+    assert [r["samples"] for r in rows] == [20 * 64, 30 * 64]
+    assert rows[0]["minutes"] == pytest.approx(150 / 60)  # 60 s before the first log (10 steps at 6 s) + 90 s
+    assert rows[1]["minutes"] == pytest.approx(180 / 60)  # + 30 s after the resume
+    assert rows[0]["loss"] == 2.0 and rows[1]["acc50"] == 40.0
+    assert "| 2 | 30 | 1920 |" in lc.markdown(rows)
+    lc.plot(rows, tmp_path / "curve.png", "test")
+    assert Image.open(tmp_path / "curve.png").size == (1040, 370)
+
+
+def test_synthref_tiny_config_is_lgrnet_tiny_on_synthref():
+    from lgrnet.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthref-tiny.yaml")
+    tiny = load_config("lgrnet-tiny")
+    assert config.data.format == "synth" and config.name == "synthref-tiny"
+    assert config.model == tiny.model  # the shipped architecture is the preset's (what --from-scratch trains)
+    assert config.model.text.name == "minilm" and config.model.text.freeze and not config.model.text.save_weights
+
+
+def test_export_writes_a_small_fp16_folder_that_reproduces_its_record(work, scratch):
+    export = _script("export_shipped_model")
+    out = work["root"] / "exported"
+    record = export.export(scratch["out"] / "model", out, "fp16", 20.0, sample_seed=5, sample_num=NUM_EVAL,
+                           cache=work["cache"])
+    assert has_model(out) and (out / "metrics.json").is_file()
+    assert record["sample"]["num"] == NUM_EVAL and record["size_mb"] <= 20.0
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
+    assert "torch.float16" in dtypes and "torch.float32" not in dtypes
+    measured, recorded, num = check_recorded(out, work["cache"])
+    assert num == NUM_EVAL and measured == recorded
+    # Over the size limit: refused, nothing left behind.
+    with pytest.raises(SystemExit, match="over the 0.001 MB limit"):
+        export.export(scratch["out"] / "model", work["root"] / "too-big", "fp16", 0.001, 5, NUM_EVAL, work["cache"])
+    assert not (work["root"] / "too-big").exists()

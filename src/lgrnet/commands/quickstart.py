@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="same as --train-minutes (the budget of --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train a fresh model (--config) instead of fine-tuning the shipped one")
-    p.add_argument("--num-eval", type=int, default=200, help="expressions in each of val/testA/testB (default 200)")
+    p.add_argument("--num-eval", type=int, default=100, help="expressions in each of val/testA/testB (default 100)")
     p.add_argument("--num-train", type=int, default=3000, help="SynthRef train expressions (default 3000)")
     p.add_argument("--seed", type=int, default=0, help="SynthRef and training seed (default 0)")
     p.add_argument("--weights", default=None,
