@@ -150,12 +150,15 @@ def test_cli_writes_json_and_rejects_bad_size(tmp_path, capsys):
 
 def test_breakdown_times_the_parts(tiny_config):
     report = bench.run_benchmark(tiny_config, _settings(batch_sizes=[1], repeats=1, flops=False, breakdown=True))
-    parts = report.breakdown_ms
-    assert {"total", "text", "visual", "visual.neck", "reasoning", "head"} <= set(parts)
-    assert all(v >= 0 for v in parts.values())
+    parts, floor = report.breakdown_ms["full"], report.breakdown_ms["floor"]
+    assert {"total", "text", "visual", "visual.neck", "reasoning", "head",
+            *(f"visual.backbone.layers.{i}" for i in range(4))} <= set(parts)
+    assert {"total", "text", *(f"visual.layers.{i}" for i in range(4))} <= set(floor)
+    assert all(v >= 0 for v in [*parts.values(), *floor.values()])
     # Inclusive times nest: a part never takes longer than its parent or the whole forward.
     assert parts["visual.neck"] <= parts["visual"] <= parts["total"]
-    assert "full model parts" in report.table()
+    assert floor["visual.layers.2"] <= floor["total"] and "visual" not in floor  # run by forward_features
+    assert "full parts, CPU ms" in report.table() and "floor parts, CPU ms" in report.table()
 
 
 def test_data_pipeline_rate_gives_workers(tiny_config):

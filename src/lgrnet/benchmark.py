@@ -118,8 +118,8 @@ class BenchmarkReport:
     models: dict[str, ModelResult]
     ratios: dict[str, float] = field(default_factory=dict)
     data_loading: dict[str, Any] | None = None
-    # Median inclusive process CPU time per forward of the full model's parts (``--breakdown``), ms.
-    breakdown_ms: dict[str, float] | None = None
+    # Median inclusive process CPU time per forward of each model's parts (``--breakdown``): model -> part -> ms.
+    breakdown_ms: dict[str, dict[str, float]] | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -672,11 +672,17 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
             _free(device)
 
     report.ratios.update(compute_ratios(report))
-    if settings.breakdown and "full" in models and device.type == "cpu":
-        _log(progress, "timing the full model's parts (forward hooks)")
-        names = [n for n in BREAKDOWN_MODULES if n in dict(models["full"].named_modules())]
-        report.breakdown_ms = time_modules(models["full"], make_inputs(config, settings.batch_sizes[0], settings),
-                                           names, repeats=max(1, min(settings.repeats, 5)))
+    if settings.breakdown and device.type == "cpu":
+        _log(progress, "timing the models' parts (forward hooks, process CPU time)")
+        inputs = make_inputs(config, settings.batch_sizes[0], settings)
+        report.breakdown_ms = {}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+        for _ in range(max(1, min(settings.repeats, 5))):  # alternate the models, as for the latencies
+            for name, model in models.items():
+                names = [n for n in BREAKDOWN_MODULES if n in dict(model.named_modules())]
+                rounds[name].append(time_modules(model, inputs, names, repeats=1))
+        for name, runs in rounds.items():
+            report.breakdown_ms[name] = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
         _updated(report, on_update)
 
     trained = [m for m in ("full", "floor") if m in report.models and report.models[m].train]
@@ -773,9 +779,8 @@ def format_table(report: BenchmarkReport) -> str:
         d = report.data_loading
         lines.append(f"data loading: {d['workers_needed']} workers at {d['per_worker_samples_per_s']:.1f} samples/s "
                      f"each feed {d['train_samples_per_s']:.1f} training samples/s ({d['model']} model)")
-    if report.breakdown_ms:
-        lines.append("full model parts, CPU ms (inclusive): "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in report.breakdown_ms.items()))
+    for name, parts in (report.breakdown_ms or {}).items():
+        lines.append(f"{name} parts, CPU ms (inclusive): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)
 
@@ -876,9 +881,9 @@ def host_sync_ops(model: nn.Module, inputs: dict[str, torch.Tensor], graph_safe:
 # Where the time goes (CPU profiling aid)
 
 
-#: Parts of LGRNet timed by ``--breakdown`` (those that exist in the built model).
+#: Parts timed by ``--breakdown``, those that exist in the model: LGRNet's, then the floor's (timm names).
 BREAKDOWN_MODULES = [
-    "text", "visual", "visual.backbone.patch_embed", *(f"visual.backbone.layers.{i}" for i in range(4)),
+    "text", "visual", "visual.patch_embed", *(f"visual.layers.{i}" for i in range(4)), "visual.backbone.patch_embed", *(f"visual.backbone.layers.{i}" for i in range(4)),
     *(f"visual.stage_qda.{i}" for i in range(4)), *(f"visual.backbone.norm{i}" for i in range(4)), "visual.neck",
     *(f"visual.neck.laterals.{i}" for i in range(4)),
     # The neck calls its QDA through ``forward_map`` (no module hooks): time the gates inside instead.
@@ -893,13 +898,14 @@ def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[
 
     Time is this process's CPU time (``time.process_time``), which other jobs on a shared machine do not inflate;
     with one torch thread it equals the compute time. A module called several times per forward has its calls
-    summed.
+    summed; modules that did not run are left out.
     """
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
         raise LGRNetError(f"benchmark: no submodule named {', '.join(missing)}")
     totals: dict[str, float] = {}
+    called: set[str] = set()
     starts: dict[str, list[float]] = {n: [] for n in names}
     handles = []
     for name in names:
@@ -908,6 +914,7 @@ def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[
 
         def post(_m, _a, _o, name=name):
             totals[name] = totals.get(name, 0.0) + time.process_time() - starts[name].pop()
+            called.add(name)
 
         handles += [modules[name].register_forward_pre_hook(pre), modules[name].register_forward_hook(post)]
     runs: dict[str, list[float]] = {n: [] for n in ["total", *names]}
@@ -924,7 +931,8 @@ def time_modules(model: nn.Module, inputs: dict[str, torch.Tensor], names: list[
     finally:
         for h in handles:
             h.remove()
-    return {n: round(statistics.median(v) * 1000.0, 2) for n, v in runs.items()}
+    # Modules never entered through __call__ (e.g. a timm model run by ``forward_features``) are left out.
+    return {n: round(statistics.median(v) * 1000.0, 2) for n, v in runs.items() if n == "total" or n in called}
 
 
 # --------------------------------------------------------------------------------------------------------------
