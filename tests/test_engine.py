@@ -282,11 +282,12 @@ def test_eval_command_prints_metrics_and_writes_predictions(smoke_dir, tmp_path,
 
 
 def test_time_limit_stops_with_a_validated_resumable_checkpoint(smoke_dir, tmp_path):
-    config = tiny(smoke_dir, "train.epochs=1000", "train.time_limit_minutes=0.05")
-    start = time.perf_counter()
-    result = train(config, tmp_path / "run", device="cpu")
-    assert result.stopped_early == "time_limit" and result.step >= 1
-    assert time.perf_counter() - start < 120  # 3 s budget; generous for a loaded CI machine
+    config = tiny(smoke_dir, "train.epochs=1000", "train.time_limit_minutes=0.2")
+    start = time.monotonic()
+    result = train(config, tmp_path / "run", device="cpu", start_time=start)
+    assert result.stopped_early == "time_limit"
+    print(f"12 s budget: {result.step} steps, {time.monotonic() - start:.1f} s")
+    assert time.monotonic() - start < 60  # the budget plus slack for a loaded CI machine
     assert result.val_metrics["count"] == 6
     info = ckpt.find_latest(tmp_path / "run")
     assert info is not None and info.step == result.step

@@ -28,13 +28,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     import json
+    import time
+
+    start = time.monotonic()  # the wall-clock budget (train.time_limit_minutes) includes start-up
 
     from lgrnet.config import load_config
     from lgrnet.engine.train import train
 
     config = load_config(args.config, args.overrides)
     output_dir = Path(args.output_dir or Path("runs") / config.name)
-    result = train(config, output_dir, resume=args.resume, device=args.device)
+    result = train(config, output_dir, resume=args.resume, device=args.device, start_time=start)
     summary = {"output_dir": str(result.output_dir), "epochs": result.epoch, "steps": result.step,
                "best_acc50": result.best_acc50, "stopped_early": result.stopped_early or None,
                "val": result.val_metrics}

@@ -104,8 +104,10 @@ def _build_tokenizer(config: Config) -> Any:
 class Trainer:
     """Holds the run's state; :meth:`run` trains to ``config.train.epochs`` (or a step/time limit)."""
 
-    def __init__(self, config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto"):
-        self.start_time = time.monotonic()
+    def __init__(self, config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto",
+                 start_time: float | None = None):
+        # train.time_limit_minutes counts from `start_time` (the command's start) when given.
+        self.start_time = time.monotonic() if start_time is None else start_time
         self.config = config
         self.output_dir = Path(output_dir)
         self.info = init_distributed(device)
@@ -235,15 +237,17 @@ class Trainer:
         tc = self.config.train
         if tc.max_steps and self.step >= tc.max_steps:
             return "max_steps"
+        if tc.time_limit_minutes <= 0:
+            return ""
         elapsed = time.monotonic() - self.start_time
-        if tc.time_limit_minutes > 0 and elapsed + reserve_s >= tc.time_limit_minutes * 60:
-            return "time_limit"
-        return ""
+        over = torch.tensor([float(elapsed + reserve_s >= tc.time_limit_minutes * 60)])
+        # Rank clocks differ: stop when any rank is out of time, so that all ranks stop at the same step.
+        return "time_limit" if float(all_reduce_sum(over, self.info)) > 0 else ""
 
     def _reserve_s(self, eval_s: float | None, samples_per_s: float, save_s: float) -> float:
         """Time kept back from a wall-clock budget for the final validation and checkpoint."""
-        if eval_s is None:
-            eval_s = len(self.val_records) / max(samples_per_s, 1e-6) / 2 if self.val_records else 0.0
+        if eval_s is None:  # not measured yet: guess from the training throughput (none before the first step)
+            eval_s = len(self.val_records) / samples_per_s / 2 if self.val_records and samples_per_s > 0 else 0.0
         return eval_s + save_s
 
     def run(self) -> TrainResult:
@@ -251,8 +255,10 @@ class Trainer:
         device = self.info.device
         eval_s: float | None = None
         save_s = 0.0
+        step_s = 0.0
         stop = ""
         last_path = None
+        saved_step = self.step if self.resume_info is not None else -1  # step of the newest checkpoint
         try:
             while self.epoch < tc.epochs and not stop:
                 epoch = self.epoch
@@ -262,7 +268,14 @@ class Trainer:
                                     initial=self.batch_in_epoch)
                 window_loss, window_n = 0.0, 0
                 micro = 0
+                step_start = time.monotonic()
                 for batch in self.train_loader:
+                    if micro == 0:
+                        # Before each optimizer step: is there time for it plus the final validation and save?
+                        reserve = self._reserve_s(eval_s, progress.samples_per_second, save_s) + step_s
+                        stop = self._stop_reason(reserve)
+                        if stop:
+                            break
                     _maybe_fail(self.info.rank, self.step + 1)
                     batch = batch.to(device, non_blocking=True)
                     micro += 1
@@ -294,6 +307,8 @@ class Trainer:
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
+                    step_s = time.monotonic() - step_start
+                    step_start = time.monotonic()
                     self.step += 1
                     self.batch_in_epoch += 1
                     lr = self.optimizer.param_groups[self._main_group]["lr"]
@@ -303,15 +318,15 @@ class Trainer:
                                                              "samples_per_s": progress.samples_per_second,
                                                              **group_lrs(self.optimizer)}, epoch=epoch + 1)
                         window_loss, window_n = 0.0, 0
-                    stop = self._stop_reason(self._reserve_s(eval_s, progress.samples_per_second, save_s))
-                    if stop:
-                        break
                     if tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0 \
                             and self.batch_in_epoch < self.steps_per_epoch:
                         t0 = time.monotonic()
                         self.save(f"step-{self.step:08d}", self.last_val)
+                        saved_step = self.step
                         save_s = time.monotonic() - t0
                 progress.close()
+                if stop and saved_step == self.step:
+                    break  # stopped right after a checkpoint (e.g. at an epoch boundary): nothing new to save
                 end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
                 if end_of_epoch:
                     self.epoch += 1
@@ -336,6 +351,7 @@ class Trainer:
                 if improved:
                     self.best_acc50 = self.last_val["acc50"]
                 last_path = self.save("last", self.last_val)
+                saved_step = self.step
                 if self.info.is_main:
                     if improved:
                         ckpt.link_checkpoint(self.ckpt_root, last_path, "best")
@@ -350,9 +366,11 @@ class Trainer:
                            last_path)
 
 
-def train(config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto") -> TrainResult:
-    """Train ``config`` into ``output_dir`` (``resume``: None, "auto" or a checkpoint path)."""
+def train(config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto",
+          start_time: float | None = None) -> TrainResult:
+    """Train ``config`` into ``output_dir`` (``resume``: None, "auto" or a checkpoint path). ``start_time``
+    (``time.monotonic()``) is where a wall-clock budget starts; default: now."""
     try:
-        return Trainer(config, output_dir, resume, device).run()
+        return Trainer(config, output_dir, resume, device, start_time).run()
     finally:
         cleanup_distributed()
