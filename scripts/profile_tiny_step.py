@@ -40,6 +40,7 @@ SWEEP: dict[str, list[str]] = {
     "no QDA (query_modulation off)": ["model.visual.query_modulation=false"],
     "Swin depths [1,1,1,1]": ["model.visual.timm_kwargs.depths=[1,1,1,1]"],
     "2 fusion layers": ["model.num_layers=2"],
+    "lgrnet-tiny again (drift check)": [],
 }
 
 
@@ -197,6 +198,7 @@ def main() -> None:
             continue
         config, model, optimizer = build(overrides)
         inputs = make_batch(config, args.batch, config.model.text.max_length)
+        step(model, optimizer, inputs)  # two warm-up steps: the first ones after building pay for allocations
         step(model, optimizer, inputs)
         load0 = os.getloadavg()[0]
         runs = [step(model, optimizer, inputs) for _ in range(args.steps)]

@@ -136,6 +136,8 @@ def test_bad_arguments_are_one_line_errors(work):
     assert code == 2 and "--weights" in err and "not a model folder" in err
     code, _, err = _quickstart([*_tiny_args(work, out), "--num-eval", "0"])
     assert code == 2 and "--num-eval 0" in err
+    code, _, err = _quickstart([*_tiny_args(work, out), "--threads", "0"])
+    assert code == 2 and "--threads 0" in err
     code, _, err = _quickstart([*_tiny_args(work, out), "--from-scratch", "--minutes", "0", "--max-steps", "0"])
     assert code == 2 and "training budget" in err
 

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="where the SynthRef set is cached (default $LGRNET_CACHE or ~/.cache/lgrnet)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 was faster on a busy shared 2-core machine, "
+                        "docs/synthref.md)")
     p.set_defaults(func=run)
 
 
@@ -46,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     from lgrnet.quickstart import QuickstartOptions, run_quickstart
 
+    if args.threads is not None:
+        if args.threads < 1:
+            from lgrnet.errors import LGRNetError
+
+            raise LGRNetError(f"--threads {args.threads}: must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     minutes = args.minutes if args.minutes is not None else args.train_minutes
     options = QuickstartOptions(
         output_dir=Path(args.output_dir), train_minutes=minutes, from_scratch=args.from_scratch,
