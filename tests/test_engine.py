@@ -25,6 +25,15 @@ SMOKE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_s
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads made these tiny steps 3x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
     """The 30 real samples as custom-format JSONL (read by the JSONL reader): train = all 30, val = 6 of them."""
@@ -80,7 +89,7 @@ def test_overfit_real_samples_reaches_100_percent(smoke_dir, tmp_path):
     """Loss, gradients and box conventions end to end: the 30 real samples through the JSONL reader and the FULL
     train transform (crop, multi-scale, jitter, translate) are learned to 100% Acc@0.5 (eval transform)."""
     lr = "3e-3"
-    config = tiny(smoke_dir, "train.batch_size=15", "train.epochs=70", "train.eval_every=5", "train.warmup_steps=10",
+    config = tiny(smoke_dir, "train.batch_size=15", "train.epochs=60", "train.eval_every=5", "train.warmup_steps=10",
                   "model.dropout=0.0", "data.val_split=all", f"train.lr={lr}", f"train.lr_visual={lr}",
                   f"train.lr_text={lr}", f"train.lr_qda={lr}", f"train.lr_neck_lateral={lr}",
                   "train.lr_drop_epochs=[40]")
@@ -93,7 +102,7 @@ def test_overfit_real_samples_reaches_100_percent(smoke_dir, tmp_path):
     first_100 = next((v["step"] for v in vals if v["acc50"] == 100.0), None)
     print(f"overfit: Acc@0.5 by step {[(v['step'], round(v['acc50'], 1)) for v in vals]}; {elapsed:.1f} s")
     assert result.best_acc50 == 100.0, f"best Acc@0.5 {result.best_acc50} after {result.step} steps"
-    assert first_100 is not None and first_100 <= 140  # measured: 100% first at step 100
+    assert first_100 is not None and first_100 <= 120  # measured: 100% from step 90 on
     best = ckpt.load_state(tmp_path / "run" / "checkpoints" / "best")
     assert best["val_metrics"]["acc50"] == 100.0 and best["val_metrics"]["count"] == 30
 
