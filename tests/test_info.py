@@ -41,3 +41,15 @@ def test_overrides_change_the_table(capsys):
 def test_bad_override_is_a_clear_error(capsys):
     assert main(["info", "--set", "model.nope=1"]) == 2
     assert "unknown config key 'model.nope'" in capsys.readouterr().err
+
+
+def test_every_preset_prints_a_table(capsys):
+    # lgrnet-tiny names a pretrained (offline) encoder: the table is still built from its config alone.
+    tiny = table(capsys, ["info", "--preset", "lgrnet-tiny"])
+    assert tiny["text encoder"] == 22_565_376  # all-MiniLM-L6-v2 without its pooler
+    assert tiny["total"] > tiny["text encoder"]
+    for preset in ("lgrnet-paper-swin-s", "lgrnet-r101"):
+        rows = table(capsys, ["info", "--preset", preset])
+        assert sum(v for k, v in rows.items() if k != "total") == rows["total"]
+        # The paper's text has no query-dynamic attention; the reference (and its ResNet variant) has.
+        assert (rows["backbone QDA"] == 0) == (preset == "lgrnet-paper-swin-s")

@@ -512,7 +512,7 @@ def workers_needed(train_samples_per_s: float, per_worker_samples_per_s: float) 
 
 
 def data_pipeline_rate(image_size: int, samples: int = 64, batch_size: int = 16) -> dict[str, float]:
-    """Per-worker data-pipeline rate from ``benchmarks/data_pipeline.py`` (engineer "data"'s measurement).
+    """Per-worker data-pipeline rate from ``benchmarks/data_pipeline.py`` (the data pipeline benchmark).
 
     That script times decode + augment + tokenise + collate in one thread, i.e. one DataLoader worker. It lives in
     the source checkout beside ``src/``, so this works from a checkout (editable install), not from a wheel.

@@ -24,8 +24,8 @@ def build_random_model(config):
     from lgrnet.model.lgrnet import LGRNet
 
     config = copy.deepcopy(config)
-    if config.model.text.name != "minilm":  # minilm is an offline package: its config is local
-        config.model.text.pretrained = False
+    # Architecture from the encoder's config only (from_pretrained cannot run on the meta device).
+    config.model.text.pretrained = False
     config.model.visual.checkpoint = None
     with torch.device("meta"):
         return LGRNet(config.model, config.loss)
