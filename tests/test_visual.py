@@ -290,3 +290,38 @@ def test_pad_before_shift_switch() -> None:
     assert not any(isinstance(b, ReferenceOrderBlock) for s in model.backbone.layers for b in s.blocks)
     images, mask, text = _inputs(1, 128)
     assert model(images, mask, text)[0].shape == (1, 20, 32)
+
+
+@pytest.mark.parametrize(("fine", "coarse", "fast"), [
+    ((16, 16), (8, 8), True), ((12, 20), (6, 10), True), ((2, 2), (1, 1), True),
+    ((15, 15), (8, 8), False), ((16, 15), (8, 8), False), ((16, 16), (4, 4), False),
+])
+def test_top_down_broadcast_add_is_bit_identical_to_interpolate(fine, coarse, fast) -> None:
+    from lgrnet.model.visual import add_upsampled_
+
+    torch.manual_seed(5)
+    for channels_last in (False, True):
+        f, c = torch.randn(2, 6, *fine), torch.randn(2, 6, *coarse)
+        if channels_last:
+            f, c = f.to(memory_format=torch.channels_last), c.to(memory_format=torch.channels_last)
+        expected = f + F.interpolate(c, size=fine, mode="nearest")
+        out = add_upsampled_(f, c)
+        assert torch.equal(out, expected)
+        assert (out is f) == fast  # exact 2x: in place on the view; any other ratio: interpolate fallback
+
+
+def test_neck_with_odd_maps_takes_the_interpolate_fallback() -> None:
+    """Odd levels (15 -> 8 -> 4 -> 2) give the same neck output as the interpolate formulation."""
+    model = _tiny()
+    neck = model.neck
+    torch.manual_seed(4)
+    feats = [torch.randn(1, c, s, s) for c, s in zip(model.stage_channels, [15, 8, 4, 2])]
+    text = torch.randn(1, TEXT_DIM)
+    top, extra = neck(feats, text)
+    lat = [F.conv2d(f, conv.weight, conv.bias) for f, conv in zip(feats, neck.laterals)]
+    for i in (3, 2, 1):
+        lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
+    for i in (0, 1, 2):
+        x = neck.down_qda[i].forward_map(lat[i], text)
+        lat[i + 1] = lat[i + 1] + F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+    assert torch.equal(top, lat[3]) and torch.equal(extra, lat[3][..., ::2, ::2])

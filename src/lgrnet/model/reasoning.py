@@ -13,8 +13,9 @@ Each layer updates the sequence ``X = [prediction token(s); visual tokens]`` (ba
 3. FFN (Eq. 8). Every sub-layer is post-norm (residual, dropout, LayerNorm).
 
 The per-layer outputs for the heads go through one LayerNorm shared by all layers; only the prediction token rows
-(mean over P tokens) are returned. Attention uses ``scaled_dot_product_attention``; head-averaged weights of the
-prediction token are computed by an explicit softmax only when asked for.
+(mean over P tokens) are returned, so the last layer computes only those rows (queries, residuals, norms, FFN; keys
+and values are the whole sequence): same outputs for less work. Attention uses ``scaled_dot_product_attention``;
+head-averaged weights of the prediction token are computed by an explicit softmax only when asked for.
 """
 
 from __future__ import annotations
@@ -99,15 +100,22 @@ class ReasoningLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, vis_mask: torch.Tensor, memory: torch.Tensor, text_mask: torch.Tensor,
                 sa_pos: torch.Tensor, visual_pos: torch.Tensor, text_pos: torch.Tensor,
-                coord_emb: torch.Tensor | None, num_pred: int, output_attentions: bool = False
+                coord_emb: torch.Tensor | None, num_pred: int, output_attentions: bool = False,
+                pred_only: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x [B, P+Nv, D]; vis_mask [B, P+Nv]; memory [B, L, D]; text_mask [B, L]; sa_pos [B|1, P+Nv, D]
         (TCA q/k positions: coordinate embedding or zeros on the prediction rows, visual table elsewhere);
         visual_pos [1, P+Nv, D] full table; text_pos [1, L, D]; coord_emb [B, D] or None.
 
-        Returns (x, memory, prediction-token TCA weights [B, P, P+Nv] | None, TCF weights | None).
+        ``pred_only`` (the last layer, whose visual rows nobody reads) updates only the P prediction rows: the
+        TCA/TCF queries, residuals, norms and FFN run on rows 0..P-1 while keys and values stay the whole
+        sequence, so those rows and the attention weights are the same as with the full computation.
+
+        Returns (x [B, P+Nv, D], or [B, P, D] with ``pred_only``; memory; prediction-token TCA weights
+        [B, P, P+Nv] | None; TCF weights | None).
         """
         p = num_pred
+        n = x.shape[1]
         if self.coord_embed == "add":  # paper Eq. 4: the embedding enters the prediction token itself
             x = torch.cat((x[:, :p] + coord_emb[:, None], x[:, p:]), dim=1)
         elif self.coord_embed == "concat":
@@ -122,14 +130,19 @@ class ReasoningLayer(nn.Module):
             qk = x + sa_pos
             keys = torch.cat((qk, memory + text_pos), dim=1)
             values = torch.cat((x, memory), dim=1)
+            if pred_only:
+                x, qk = x[:, :p], qk[:, :p]
             sa, sa_w = self.self_attn(qk, keys, values, torch.cat((vis_mask, text_mask), dim=1),
                                       weight_rows=p if output_attentions else 0)
             x = self.norm1(x + self.dropout1(sa))
-            ca_w = sa_w[:, :, x.shape[1]:] if sa_w is not None else None
-            sa_w = sa_w[:, :, : x.shape[1]] if sa_w is not None else None
+            ca_w = sa_w[:, :, n:] if sa_w is not None else None
+            sa_w = sa_w[:, :, :n] if sa_w is not None else None
         else:
-            qk = x + sa_pos
-            sa, sa_w = self.self_attn(qk, qk, x, vis_mask, weight_rows=p if output_attentions else 0)
+            qk = query = x + sa_pos
+            values = x
+            if pred_only:
+                query, x, visual_pos = qk[:, :p], x[:, :p], visual_pos[:, :p]
+            sa, sa_w = self.self_attn(query, qk, values, vis_mask, weight_rows=p if output_attentions else 0)
             x = self.norm1(x + self.dropout1(sa))
             ca, ca_w = self.cross_attn(x + visual_pos, memory + text_pos, memory, text_mask,
                                        weight_rows=p if output_attentions else 0)
@@ -173,9 +186,11 @@ class ReasoningStack(nn.Module):
         visual_pos, text_pos = visual_pos[None], text_pos[None]
 
         states, vis_attn, txt_attn = [], [], []
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            # Only the prediction rows of the last layer are read (below), so it computes only those rows.
             x, memory, sa_w, ca_w = layer(x, vis_mask, memory, text_mask, sa_pos, visual_pos, text_pos, coord_emb,
-                                          p, output_attentions)
+                                          p, output_attentions, pred_only=i == last)
             states.append(self.norm(x[:, :p]).mean(dim=1))
             if output_attentions:
                 vis_attn.append(sa_w[:, :, p:].mean(dim=1))

@@ -49,8 +49,9 @@ class SoftDownsampleNeck(nn.Module):
     def forward(self, features: list[torch.Tensor], text: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         levels = [lateral(f) for lateral, f in zip(self.laterals, features)]
         # Top-down: each level receives the already-updated coarser one, nearest-upsampled (plain FPN, sum).
+        # The laterals' outputs belong to the neck, so the sum may go into them in place.
         for i in range(len(levels) - 1, 0, -1):
-            levels[i - 1] = levels[i - 1] + F.interpolate(levels[i], size=levels[i - 1].shape[-2:], mode="nearest")
+            levels[i - 1] = add_upsampled_(levels[i - 1], levels[i])
         # Bottom-up soft down-sampling: L_{i+1} += avgpool2x2(QDA_i(L_i)). ceil_mode keeps odd maps working
         # (the reference crashes there, spec 15.9); for sizes divisible by 64 every map is even anyway.
         for i in range(len(levels) - 1):
@@ -64,6 +65,23 @@ class SoftDownsampleNeck(nn.Module):
             levels[i + 1] = levels[i + 1] + down
         top = levels[-1]
         return top, top[..., ::2, ::2]
+
+
+def add_upsampled_(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """``fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")``, bit for bit (spec 3.3 step 2).
+
+    When ``fine`` is exactly twice ``coarse`` in both directions (every neck step at sizes divisible by 64) the
+    sum is a broadcast add on a ``[B, C, h/2, 2, w/2, 2]`` view, written into ``fine`` in place: no upsampled
+    map is allocated and the largest level is read and written once (the stride-4 step dominated the neck's CPU
+    time). Any other ratio (odd sizes) falls back to interpolate + add and leaves ``fine`` untouched.
+    """
+    b, c, h, w = fine.shape
+    hc, wc = coarse.shape[-2:]
+    if h == 2 * hc and w == 2 * wc:
+        # Splitting a dimension is always a view, whatever the strides (channels-last included).
+        fine.view(b, c, hc, 2, wc, 2).add_(coarse[:, :, :, None, :, None])
+        return fine
+    return fine + F.interpolate(coarse, size=(h, w), mode="nearest")
 
 
 def _make_qda(channels: list[int], text_dim: int, cfg: VisualConfig, init: str) -> nn.ModuleList | None:
