@@ -16,6 +16,7 @@ Name resolution (:class:`~lgrnet.config.TextConfig`):
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from torch import nn
 
 from lgrnet.config import TextConfig
 from lgrnet.errors import LGRNetError
+
+log = logging.getLogger(__name__)
 
 # Architectures we know without asking the hub, so that `pretrained: false` (e.g. `lgrnet info`) never downloads.
 KNOWN_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -98,10 +101,25 @@ def build_text_encoder(cfg: TextConfig) -> nn.Module:
     extra = _without_pooler(model_cls)
     if not cfg.pretrained:
         return model_cls(config, **extra)
+    from transformers.utils import logging as hf_logging
+
+    # transformers prints a load report and a progress bar on every load; the pooler it reports as unexpected is
+    # left out on purpose. Report only what matters: weights the checkpoint did not have (left random).
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(_source(cfg), config=config, **extra)
+        model, info = AutoModel.from_pretrained(_source(cfg), config=config, output_loading_info=True, **extra)
     except OSError as exc:
         raise LGRNetError(f"model.text.name={cfg.name!r}: cannot load pretrained weights: {exc}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        log.warning("model.text.name=%r: %d weights not in the checkpoint, initialised randomly: %s",
+                    cfg.name, len(missing), ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return model
 
 
 def build_tokenizer(cfg: TextConfig):
