@@ -143,10 +143,16 @@ def resnet_detr_key(key: str) -> str | None:
 # Loading
 
 
-def _load_mapped(visual: nn.Module, path: str | Path, state: dict[str, torch.Tensor],
-                 mapper: Callable[[str], str | None], expected_missing: Callable[[str], bool]) -> LoadReport:
-    report = LoadReport(path=str(path))
-    own = visual.state_dict()
+def _load_mapped(module: nn.Module, prefix: str, state: dict[str, torch.Tensor],
+                 mapper: Callable[[str], str | None], expected_missing: Callable[[str], bool], *,
+                 absent_is_ignored: Callable[[str], bool], hint: str, layout: str, source: str) -> LoadReport:
+    """Map ``state`` onto ``module`` key by key, load what fits and report the rest.
+
+    ``mapper`` gives the module's key for a file key (None: dropped on purpose, KeyError: unknown); a mapped key the
+    module lacks is ignored when ``absent_is_ignored`` says so, else unexpected; a shape mismatch is an error.
+    """
+    report = LoadReport(path=source)
+    own = module.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         try:
@@ -158,17 +164,15 @@ def _load_mapped(visual: nn.Module, path: str | Path, state: dict[str, torch.Ten
             report.ignored.append(key)
             continue
         if target not in own:
-            # e.g. QDA weights in the file but query modulation is off in this model
-            (report.ignored if ("qda" in target) else report.unexpected).append(key)
+            (report.ignored if absent_is_ignored(target) else report.unexpected).append(key)
             continue
         if own[target].shape != value.shape:
-            raise CheckpointError(f"checkpoint {path}: {key} has shape {list(value.shape)}, the model's {target} "
-                                  f"expects {list(own[target].shape)} (wrong architecture in the config?)")
+            raise CheckpointError(f"{prefix}: {key} has shape {list(value.shape)}, the model's {target} "
+                                  f"expects {list(own[target].shape)} ({hint})")
         mapped[target] = value
     if not mapped:
-        raise CheckpointError(f"checkpoint {path}: no key matches this visual extractor "
-                              f"(first keys: {', '.join(list(state)[:3])})")
-    visual.load_state_dict(mapped, strict=False)
+        raise CheckpointError(f"{prefix}: no key matches {layout} (first keys: {', '.join(list(state)[:3])})")
+    module.load_state_dict(mapped, strict=False)
     report.loaded = sorted(mapped)
     for key in own:
         if key not in mapped:
@@ -176,12 +180,20 @@ def _load_mapped(visual: nn.Module, path: str | Path, state: dict[str, torch.Ten
     return report
 
 
+def _load_visual(visual: nn.Module, path: str | Path, state: dict[str, torch.Tensor],
+                 mapper: Callable[[str], str | None], expected_missing: Callable[[str], bool]) -> LoadReport:
+    # QDA weights in the file are ignored when query modulation is off in this model.
+    return _load_mapped(visual, f"checkpoint {path}", state, mapper, expected_missing,
+                        absent_is_ignored=lambda target: "qda" in target, hint="wrong architecture in the config?",
+                        layout="this visual extractor", source=str(path))
+
+
 def load_swin_mmdet_checkpoint(visual: nn.Module, path: str | Path) -> LoadReport:
     """Load a QRNet / mmdet Mask R-CNN Swin checkpoint into a Swin :class:`~lgrnet.model.visual.VisualExtractor`."""
     if getattr(getattr(visual, "cfg", None), "kind", "swin") != "swin":
         raise CheckpointError(f"checkpoint {path}: a Swin detector checkpoint needs model.visual.kind 'swin'")
     state = read_state_dict(path, containers=("state_dict", "model"))
-    return _load_mapped(visual, path, state, swin_mmdet_key, lambda key: "qda" in key)
+    return _load_visual(visual, path, state, swin_mmdet_key, lambda key: "qda" in key)
 
 
 def load_resnet_detr_checkpoint(visual: nn.Module, path: str | Path) -> LoadReport:
@@ -193,7 +205,7 @@ def load_resnet_detr_checkpoint(visual: nn.Module, path: str | Path) -> LoadRepo
     if getattr(getattr(visual, "cfg", None), "kind", "resnet") != "resnet":
         raise CheckpointError(f"checkpoint {path}: a DETR ResNet checkpoint needs model.visual.kind 'resnet'")
     state = read_state_dict(path, containers=("model", "state_dict"))
-    return _load_mapped(visual, path, state, resnet_detr_key,
+    return _load_visual(visual, path, state, resnet_detr_key,
                         lambda key: "qda" in key or key.startswith("neck.") or key.endswith("num_batches_tracked"))
 
 
@@ -271,30 +283,8 @@ def import_reference_checkpoint(model: nn.Module, state_dict_or_path: dict[str, 
         source = str(state_dict_or_path)
         state = read_state_dict(state_dict_or_path, containers=("model",))
     model = getattr(model, "module", model)
-    report = LoadReport(path=source)
-    own = model.state_dict()
-    mapped: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        try:
-            target = reference_key(key)
-        except KeyError:
-            report.unexpected.append(key)
-            continue
-        if target is None:
-            report.ignored.append(key)
-        elif target not in own:
-            report.unexpected.append(key)
-        elif own[target].shape != value.shape:
-            raise CheckpointError(f"{source}: {key} has shape {list(value.shape)}, the model's {target} expects "
-                                  f"{list(own[target].shape)} (build the model from lgrnet-swin-s)")
-        else:
-            mapped[target] = value
-    if not mapped:
-        raise CheckpointError(f"{source}: no key matches the reference layout (first keys: {', '.join(list(state)[:3])})")
-    model.load_state_dict(mapped, strict=False)
-    report.loaded = sorted(mapped)
     params = {name for name, _ in model.named_parameters()}
-    for key in own:
-        if key not in mapped:
-            (report.missing if key in params else report.expected_missing).append(key)
-    return report
+    # Buffers the file lacks (e.g. transformers' position_ids) are expected; parameters are reported missing.
+    return _load_mapped(model, source, state, reference_key, lambda key: key not in params,
+                        absent_is_ignored=lambda target: False, hint="build the model from lgrnet-swin-s",
+                        layout="the reference layout", source=source)
