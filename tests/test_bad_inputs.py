@@ -4,16 +4,15 @@ demo's request handler: each case gives a prediction inside the image or a clear
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from inference_helpers import CORPUS_NAMES, EXPRESSIONS, make_bad_inputs, make_tiny_checkpoint
+from inference_helpers import CORPUS_NAMES, EXPRESSIONS, make_bad_inputs
 
 from lgrnet.cli import main
 from lgrnet.demo.app import DemoHandler
 from lgrnet.errors import DataError
-from lgrnet.inference.predictor import Prediction, Predictor
+from lgrnet.inference.predictor import Prediction
 
 NAMES = CORPUS_NAMES
 
@@ -21,16 +20,6 @@ NAMES = CORPUS_NAMES
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return {c.name: c for c in make_bad_inputs(tmp_path_factory.mktemp("bad_inputs"))}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint) -> Predictor:
-    return Predictor.from_pretrained(checkpoint, device="cpu")
 
 
 def test_corpus_is_complete(corpus):

@@ -10,15 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from inference_helpers import make_tiny_checkpoint
 from PIL import Image
 
 from lgrnet.cli import main
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="module")

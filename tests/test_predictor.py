@@ -9,21 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_helpers import REAL_SMOKE, make_tiny_checkpoint
+from inference_helpers import REAL_SMOKE
 from PIL import Image
 
 from lgrnet.errors import CheckpointError, DataError, LGRNetError
 from lgrnet.inference.predictor import Prediction, Predictor
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def predictor(checkpoint) -> Predictor:
-    return Predictor.from_pretrained(checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")
