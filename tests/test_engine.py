@@ -328,3 +328,18 @@ def test_other_configs_load():
     custom = load_config(CONFIGS / "custom.yaml", ["data.root=somewhere", "train.time_limit_minutes=5"])
     assert (custom.data.format, custom.data.root, custom.train.time_limit_minutes) == ("jsonl", "somewhere", 5.0)
     assert load_config(CONFIGS / "tiny-cpu.yaml").name == "tiny-cpu"
+
+
+def test_eval_every_steps_validates_mid_epoch_and_keeps_the_best(smoke_dir, tmp_path):
+    """train.eval_every_steps=2 with 3 steps per epoch: val at steps 2 (mid epoch 1), 3 (epoch end), 4 (mid
+    epoch 2) and 6; the best of them is published as checkpoints/best with its metrics."""
+    result = train(tiny(smoke_dir, "train.eval_every_steps=2"), tmp_path / "run", device="cpu")
+    assert result.step == 6
+    vals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if '"val"' in line]
+    assert [v["step"] for v in vals] == [2, 3, 4, 6]
+    best = ckpt.load_state(tmp_path / "run" / "checkpoints" / "best")
+    assert best["val_metrics"]["acc50"] == max(v["acc50"] for v in vals)
+    # Only the newest step checkpoint survives pruning; "best" is a copy that outlives it.
+    steps = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step-")]
+    assert len(steps) <= 1

@@ -64,3 +64,30 @@ def test_optional_parts():
     assert len(tfe.text_proj.layers) == 2
     with pytest.raises(RuntimeError, match="coord_embed='none'"):
         tfe.coordinate(torch.zeros(1, 32))
+
+
+def test_sine_position_init_lets_the_coordinate_query_find_its_cell():
+    """model.visual_pos_init=sine: the visual rows of the position table are the sine embedding of the cell
+    centres, so the prediction token's TCA query (the sine embedding of its predicted point) has its largest dot
+    product with the key of the cell holding that point, in every map; "normal" keeps N(0, 1) rows."""
+    from lgrnet.config import tiny_twin
+    from lgrnet.model.lgrnet import LGRNet, grid_sine_embedding
+
+    config = tiny_twin("lgrnet-swin-s").model
+    config.image_size, config.visual_pos_init = 128, "sine"
+    torch.manual_seed(0)
+    model = LGRNet(config)
+    shapes, d = model.token_shapes, config.hidden_dim
+    table = model.visual_pos.weight.detach()
+    torch.testing.assert_close(table[config.num_pred_tokens:], grid_sine_embedding(shapes, d))
+    offset = config.num_pred_tokens
+    for h, w in shapes:
+        rows = table[offset:offset + h * w]
+        for i, j in [(0, 0), (h - 1, w - 1), (h // 2, 1)]:
+            point = torch.tensor([(j + 0.3) / w, (i + 0.6) / h])
+            assert int((rows @ sine_embedding(point, d)).argmax()) == i * w + j
+        offset += h * w
+    config.visual_pos_init = "normal"
+    torch.manual_seed(0)
+    normal = LGRNet(config).visual_pos.weight.detach()
+    assert abs(float(normal.std()) - 1.0) < 0.1

@@ -325,3 +325,16 @@ def test_neck_with_odd_maps_takes_the_interpolate_fallback() -> None:
         x = neck.down_qda[i].forward_map(lat[i], text)
         lat[i + 1] = lat[i + 1] + F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
     assert torch.equal(top, lat[3]) and torch.equal(extra, lat[3][..., ::2, ::2])
+
+
+def test_three_stage_resnet_halves_the_output_stride() -> None:
+    """out_indices (1, 2, 3): the last stage is not built, the neck returns strides 16 and 32, sizes must be
+    multiples of 32 (and 64 is no longer required)."""
+    model = _tiny("lgrnet-r101", cfg={"out_indices": [1, 2, 3]}, image_size=96)
+    assert model.out_stride == 16 and model.stage_channels == [64, 128, 256]
+    assert not any(name.startswith("backbone.layer4") for name, _ in model.named_parameters())
+    images, mask, text = _inputs(2, 96)
+    tokens, token_mask = model(images, mask, text)
+    assert model.token_shapes == [(6, 6), (3, 3)] and tokens.shape == (2, 45, model.out_channels)
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        _tiny("lgrnet-r101", cfg={"out_indices": [1, 2, 3]}, image_size=80)

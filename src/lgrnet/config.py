@@ -77,6 +77,8 @@ class VisualConfig:
     qda_rank: int = 30
     qda_reduction: int = 16
     neck_channels: int = 256
+    # ResNet stages returned by timm (features_only); (1, 2, 3) drops the last stage and halves the output stride.
+    out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     # Optional initialisation: QRNet/mmdet Mask R-CNN Swin checkpoint or DETR/TransVG ResNet checkpoint.
     checkpoint: str | None = None
 
@@ -106,6 +108,15 @@ class ModelConfig:
     text_attends_image: bool = False
     # Init of the fusion part: "reference" (torch defaults, Xavier prediction head) or "xavier" (paper).
     init: Literal["reference", "xavier"] = "reference"
+    # Start of the learned visual position table (it is trained either way): "normal" N(0, 1) (reference, paper),
+    # or "sine": each visual token's row starts as the 2-D sine embedding of its cell centre, the same embedding
+    # the coordinate branch gives the prediction token, so its TCA query matches keys near the predicted point
+    # from the first step (faster convergence from scratch; the prediction-token rows stay N(0, 1)).
+    visual_pos_init: Literal["normal", "sine"] = "normal"
+    # Also add the visual position table to the visual tokens once, at the input of the reasoning stack
+    # (ViT-style), so attention *values* carry position. Reference and paper: False (position only in queries
+    # and keys, DETR-style), which leaves the box head to infer where the attended tokens are - slow from scratch.
+    visual_pos_input: bool = False
 
 
 @dataclass
@@ -186,6 +197,9 @@ class TrainConfig:
     seed: int = 7
     deterministic: bool = False
     eval_every: int = 1
+    # Also validate every N optimizer steps inside an epoch (0 = only at epoch ends): learning curves of long
+    # epochs. An improvement there is saved as the "best" checkpoint like one at an epoch end.
+    eval_every_steps: int = 0
     checkpoint_every: int = 10
     checkpoint_every_steps: int = 0
     log_every: int = 20

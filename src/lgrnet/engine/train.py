@@ -250,6 +250,21 @@ class Trainer:
             eval_s = len(self.val_records) / samples_per_s / 2 if self.val_records and samples_per_s > 0 else 0.0
         return eval_s + save_s
 
+    def _validate(self, epoch: int, log_epoch: int | None = None) -> float:
+        """Evaluate on the val split into ``self.last_val``, log and print it; returns the seconds it took."""
+        t0 = time.monotonic()
+        # RNG-neutral: a run that validates at a point and one that resumes there draw the same
+        # dropout streams afterwards (the eval loader's iterator seeds itself from the global RNG).
+        rng = ckpt.capture_rng()
+        self.last_val, _ = evaluate(self.model, self.val_loader, self.info)
+        ckpt.restore_rng(rng)
+        self.logger.log("val", self.step, self.last_val, epoch=epoch if log_epoch is None else log_epoch)
+        if self.info.is_main:
+            m = self.last_val
+            print(f"lgrnet train: epoch {epoch} step {self.step}: val Acc@0.5 {m['acc50']:.2f} "
+                  f"Acc@0.75 {m['acc75']:.2f} mIoU {m['miou']:.2f}", flush=True)
+        return time.monotonic() - t0
+
     def run(self) -> TrainResult:
         tc = self.config.train
         device = self.info.device
@@ -318,8 +333,21 @@ class Trainer:
                                                              "samples_per_s": progress.samples_per_second,
                                                              **group_lrs(self.optimizer)}, epoch=epoch + 1)
                         window_loss, window_n = 0.0, 0
+                    mid_epoch = self.batch_in_epoch < self.steps_per_epoch
+                    if self.val_loader is not None and tc.eval_every_steps and mid_epoch \
+                            and self.step % tc.eval_every_steps == 0:
+                        eval_s = self._validate(epoch + 1)
+                        if self.last_val["acc50"] > self.best_acc50:
+                            self.best_acc50 = self.last_val["acc50"]
+                            t0 = time.monotonic()
+                            path = self.save(f"step-{self.step:08d}", self.last_val)
+                            saved_step = self.step
+                            if self.info.is_main and path is not None:
+                                ckpt.link_checkpoint(self.ckpt_root, path, "best")
+                            save_s = time.monotonic() - t0
+                        self.model.train()
                     if tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0 \
-                            and self.batch_in_epoch < self.steps_per_epoch:
+                            and mid_epoch and saved_step != self.step:
                         t0 = time.monotonic()
                         self.save(f"step-{self.step:08d}", self.last_val)
                         saved_step = self.step
@@ -334,18 +362,7 @@ class Trainer:
                 do_eval = self.val_loader is not None and (
                     bool(stop) or self.epoch >= tc.epochs or (end_of_epoch and self.epoch % tc.eval_every == 0))
                 if do_eval:
-                    t0 = time.monotonic()
-                    # RNG-neutral: a run that validates at a point and one that resumes there draw the same
-                    # dropout streams afterwards (the eval loader's iterator seeds itself from the global RNG).
-                    rng = ckpt.capture_rng()
-                    self.last_val, _ = evaluate(self.model, self.val_loader, self.info)
-                    ckpt.restore_rng(rng)
-                    eval_s = time.monotonic() - t0
-                    self.logger.log("val", self.step, self.last_val, epoch=self.epoch)
-                    if self.info.is_main:
-                        m = self.last_val
-                        print(f"lgrnet train: epoch {epoch + 1} step {self.step}: val Acc@0.5 {m['acc50']:.2f} "
-                              f"Acc@0.75 {m['acc75']:.2f} mIoU {m['miou']:.2f}", flush=True)
+                    eval_s = self._validate(epoch + 1, log_epoch=self.epoch)
                 t0 = time.monotonic()
                 improved = do_eval and self.last_val["acc50"] > self.best_acc50
                 if improved:

@@ -20,7 +20,7 @@ from lgrnet.model.head import PredictionHead, projection
 from lgrnet.model.losses import LGRNetCriterion
 from lgrnet.model.reasoning import ReasoningStack
 from lgrnet.model.text import TextExtractor
-from lgrnet.model.tfe import TextualFeatureExtender
+from lgrnet.model.tfe import TextualFeatureExtender, sine_embedding
 from lgrnet.model.visual import VisualExtractor
 
 
@@ -63,6 +63,9 @@ class LGRNet(nn.Module):
         num_visual = sum(h * w for h, w in self.visual.token_shapes)
         # Learned position tables, N(0, 1) (spec section 4): rows 0..P-1 prediction token(s), then the visual maps.
         self.visual_pos = nn.Embedding(p + num_visual, d)
+        if config.visual_pos_init == "sine":
+            with torch.no_grad():
+                self.visual_pos.weight[p:] = grid_sine_embedding(self.visual.token_shapes, d)
         self.text_pos = nn.Embedding(config.text.max_length, d)
         # Reference: the prediction token is a zero tensor (not a parameter); paper: learnable.
         self.pred_token = nn.Embedding(p, d) if config.pred_token == "learnable" else None
@@ -105,6 +108,8 @@ class LGRNet(nn.Module):
             raise LGRNetError(f"image size {images.shape[-1]} gives {vis_tokens.shape[1]} visual tokens; the model "
                               f"was built for model.image_size={self.config.image_size}")
         x_vis = self.visual_proj(vis_tokens)
+        if self.config.visual_pos_input:
+            x_vis = x_vis + self.visual_pos.weight[p:].to(x_vis.dtype)
         if self.pred_token is None:
             pred = x_vis.new_zeros(b, p, x_vis.shape[-1])
         else:
@@ -140,6 +145,16 @@ class LGRNet(nn.Module):
                 return "neck_lateral"
             return "visual"
         return "rest"
+
+
+def grid_sine_embedding(shapes: list[tuple[int, int]], dim: int) -> torch.Tensor:
+    """[sum h*w, dim]: the sine embedding of every cell centre ((j + 0.5) / w, (i + 0.5) / h) of each map,
+    row-major, maps in order (the layout of the visual tokens)."""
+    rows = []
+    for h, w in shapes:
+        ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+        rows.append(sine_embedding(torch.stack((xs, ys), dim=-1).reshape(-1, 2), dim))
+    return torch.cat(rows)
 
 
 #: Parts of the model for parameter summaries: (label, parameter-name prefixes).

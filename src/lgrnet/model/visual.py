@@ -6,7 +6,9 @@ conditioned on the expression's raw [CLS] feature. The gated map feeds both the 
 ``norm{i}``) and the next stage. The neck (spec 3.3) projects the four stage outputs with 1x1 laterals, adds them
 top-down (nearest upsampling) and bottom-up (2x2 average pooling of the - optionally QDA-gated - finer level), and
 subsamples the H/32 level by 2 to get H/64. Only the H/32 and H/64 maps are returned, flattened row-major with
-their padding masks (spec 3.4).
+their padding masks (spec 3.4). A backbone with fewer stages (``resnet`` with ``out_indices`` (1, 2, 3), a
+three-stage Swin) moves both maps one octave finer: the neck always returns its coarsest level and its
+2x subsample, at strides ``out_stride`` and ``2 * out_stride``.
 
 With ``query_modulation=False`` (the paper's text, spec 3.5/14) no QDA module exists: plain backbone + neck.
 A ResNet (timm ``features_only``) can replace the Swin (paper Table III); the same neck and QDA placement apply.
@@ -31,7 +33,7 @@ from lgrnet.model.swin import use_reference_window_order
 
 log = logging.getLogger(__name__)
 
-#: The neck's output strides that LGR-NET consumes (spec 3.3 step 5).
+#: The neck's output strides that LGR-NET consumes with the reference's four-stage backbones (spec 3.3 step 5).
 USED_STRIDES = (32, 64)
 
 
@@ -104,8 +106,6 @@ class VisualExtractor(nn.Module):
 
     def __init__(self, cfg: VisualConfig, text_dim: int, image_size: int) -> None:
         super().__init__()
-        if image_size <= 0 or image_size % 64:
-            raise ConfigError(f"model.image_size: {image_size} must be a positive multiple of 64")
         self.cfg = cfg
         self.image_size = image_size
         self.text_dim = text_dim
@@ -115,6 +115,9 @@ class VisualExtractor(nn.Module):
             channels = self._build_resnet(cfg)
         else:
             raise ConfigError(f"model.visual.kind: unknown backbone kind {cfg.kind!r}")
+        if image_size <= 0 or image_size % (2 * self.out_stride):
+            raise ConfigError(f"model.image_size: {image_size} must be a positive multiple of {2 * self.out_stride} "
+                              f"(twice the backbone's output stride {self.out_stride})")
         self.stage_channels = channels
         self.stage_qda = _make_qda(channels, text_dim, cfg, init="trunc_normal" if cfg.kind == "swin" else "default")
         self.neck = SoftDownsampleNeck(channels, cfg.neck_channels, text_dim, cfg)
@@ -138,6 +141,7 @@ class VisualExtractor(nn.Module):
         if not hasattr(swin, "layers") or not hasattr(swin, "patch_embed"):
             raise ConfigError(f"model.visual.timm_name: {cfg.timm_name!r} is not a timm Swin Transformer")
         channels = [int(info["num_chs"]) for info in swin.feature_info]
+        self.out_stride = int(swin.feature_info[-1]["reduction"])
         # Reference output norms norm0..norm3 replace timm's single classifier norm; the head is dropped.
         swin.norm = nn.Identity()
         swin.head = nn.Identity()
@@ -150,9 +154,12 @@ class VisualExtractor(nn.Module):
         return channels
 
     def _build_resnet(self, cfg: VisualConfig) -> list[int]:
-        net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
-                                drop_path_rate=cfg.drop_path_rate, **cfg.timm_kwargs)
+        # features_only builds the network only up to the last requested stage.
+        net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True,
+                                out_indices=tuple(cfg.out_indices), drop_path_rate=cfg.drop_path_rate,
+                                **cfg.timm_kwargs)
         self.backbone = net
+        self.out_stride = int(net.feature_info.reduction()[-1])
         self._resnet_outputs = list(net.feature_info.module_name())
         return list(net.feature_info.channels())
 
@@ -187,8 +194,9 @@ class VisualExtractor(nn.Module):
 
     @property
     def token_shapes(self) -> list[tuple[int, int]]:
-        """Shapes of the flattened maps at the configured image size: [(S/32, S/32), (S/64, S/64)]."""
-        return [(self.image_size // s, self.image_size // s) for s in USED_STRIDES]
+        """Shapes of the flattened maps at the configured image size: [(S/32, S/32), (S/64, S/64)] for the
+        reference's backbones, [(S/s, S/s), (S/2s, S/2s)] for output stride s in general."""
+        return [(self.image_size // s, self.image_size // s) for s in (self.out_stride, 2 * self.out_stride)]
 
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor,
                 text_cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +204,9 @@ class VisualExtractor(nn.Module):
 
         Returns tokens [B, Nv, C] (H/32 map first, then H/64, row-major) and mask [B, Nv] (True = pad).
         """
-        if images.shape[-1] % 64 or images.shape[-2] % 64:
-            raise ValueError(f"VisualExtractor: image size {tuple(images.shape[-2:])} is not a multiple of 64")
+        multiple = 2 * self.out_stride
+        if images.shape[-1] % multiple or images.shape[-2] % multiple:
+            raise ValueError(f"VisualExtractor: image size {tuple(images.shape[-2:])} is not a multiple of {multiple}")
         if self.cfg.query_modulation:
             if text_cond is None:
                 raise ValueError("VisualExtractor: query modulation is on, text_cond [B, text_dim] is required")
