@@ -152,7 +152,8 @@ def test_breakdown_times_the_parts(tiny_config):
     report = bench.run_benchmark(tiny_config, _settings(batch_sizes=[1], repeats=1, flops=False, breakdown=True))
     parts, floor = report.breakdown_ms["full"], report.breakdown_ms["floor"]
     assert {"total", "text", "visual", "visual.neck", "reasoning", "head",
-            *(f"visual.backbone.layers.{i}" for i in range(4))} <= set(parts)
+            *(f"visual.backbone.layers.{i}" for i in range(4)), *(f"visual.neck.down_qda.{i}" for i in range(3))
+            } <= set(parts)
     assert {"total", "text", *(f"visual.layers.{i}" for i in range(4))} <= set(floor)
     assert all(v >= 0 for v in [*parts.values(), *floor.values()])
     # Inclusive times nest: a part never takes longer than its parent or the whole forward.

@@ -338,3 +338,65 @@ def test_three_stage_resnet_halves_the_output_stride() -> None:
     assert model.token_shapes == [(6, 6), (3, 3)] and tokens.shape == (2, 45, model.out_channels)
     with pytest.raises(ConfigError, match="multiple of 32"):
         _tiny("lgrnet-r101", cfg={"out_indices": [1, 2, 3]}, image_size=80)
+
+
+def _neck_by_old_formula(neck, feats: list[torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+    """The neck as written before the factorised gates: interpolate top-down, token-path QDA, then pool."""
+    lat = [F.conv2d(f, conv.weight, conv.bias) for f, conv in zip(feats, neck.laterals)]
+    for i in (3, 2, 1):
+        lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
+    for i in (0, 1, 2):
+        b, c, h, w = lat[i].shape
+        gated = neck.down_qda[i](lat[i].flatten(2).transpose(1, 2), text).transpose(1, 2).reshape(b, c, h, w)
+        lat[i + 1] = lat[i + 1] + F.avg_pool2d(gated, kernel_size=2, stride=2, ceil_mode=True)
+    return lat[3]
+
+
+@pytest.mark.parametrize("gates", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("sizes", [[16, 8, 4, 2], [15, 8, 4, 2]])
+def test_neck_gated_pooling_matches_old_formula_with_trained_qda(gates: tuple[bool, bool], sizes: list[int]) -> None:
+    """Trained (random) QDA weights, each gate on or off, even and odd maps: outputs and gradients agree."""
+    model = _tiny(cfg={"qda_channel_gate": gates[0], "qda_spatial_gate": gates[1]}).train()
+    _randomise_v(model)
+    neck = model.neck
+    torch.manual_seed(6)
+    feats = [torch.randn(2, c, s, s) for c, s in zip(model.stage_channels, sizes)]
+    text = torch.randn(2, TEXT_DIM)
+    probe = torch.randn(2, 32, 2, 2)
+
+    def run(fn) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inputs = [f.clone().requires_grad_(True) for f in feats]
+        t = text.clone().requires_grad_(True)
+        out = fn(inputs, t)
+        (out * probe).sum().backward()
+        grads = {f"feat{i}": f.grad for i, f in enumerate(inputs)} | {"text": t.grad}
+        grads |= {n: p.grad.clone() for n, p in neck.named_parameters()}
+        neck.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    new_out, new_grads = run(lambda f, t: neck(f, t)[0])
+    old_out, old_grads = run(lambda f, t: _neck_by_old_formula(neck, f, t))
+    torch.testing.assert_close(new_out, old_out, rtol=1e-5, atol=1e-5)
+    assert new_grads.keys() == old_grads.keys()
+    for name in new_grads:
+        torch.testing.assert_close(new_grads[name], old_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("preset", ["lgrnet-swin-s", "lgrnet-r101"])
+def test_inference_with_folded_projections_matches_factorised(preset: str) -> None:
+    """Eval + inference mode folds every spatial gate (stage QDA on Swin's NHWC tokens, neck QDA on maps)."""
+    from lgrnet.model.qda import DynamicLinear
+
+    model = _tiny(preset)
+    _randomise_v(model)
+    images, mask, text = _inputs(2, 128)
+    with torch.inference_mode():
+        folded = model(images, mask, text)[0]
+        spatial = [m.spatial_gate.linear for m in [*model.stage_qda, *model.neck.down_qda]]
+        assert all(layer._folded is not None for layer in spatial)
+        DynamicLinear.fold_at_inference = False
+        try:
+            factorised = model(images, mask, text)[0]
+        finally:
+            DynamicLinear.fold_at_inference = True
+    torch.testing.assert_close(folded, factorised, rtol=1e-5, atol=1e-5)

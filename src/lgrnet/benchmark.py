@@ -889,8 +889,8 @@ BREAKDOWN_MODULES = [
     "text", "visual", "visual.patch_embed", *(f"visual.layers.{i}" for i in range(4)), "visual.backbone.patch_embed", *(f"visual.backbone.layers.{i}" for i in range(4)),
     *(f"visual.stage_qda.{i}" for i in range(4)), *(f"visual.backbone.norm{i}" for i in range(4)), "visual.neck",
     *(f"visual.neck.laterals.{i}" for i in range(4)),
-    # The neck calls its QDA through ``forward_map`` (no module hooks): time the gates inside instead.
-    *(f"visual.neck.down_qda.{i}.{gate}" for i in range(3) for gate in ("channel_gate", "spatial_gate")),
+    # Each bottom-up step's QDA gates and 2x2-pools its level in one call (stride 4, 8, 16).
+    *(f"visual.neck.down_qda.{i}" for i in range(3)),
     "visual_proj", "tfe.text_proj", "tfe.coordinate_head", "reasoning", "head",
 ]
 

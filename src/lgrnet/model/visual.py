@@ -56,11 +56,13 @@ class SoftDownsampleNeck(nn.Module):
             levels[i - 1] = add_upsampled_(levels[i - 1], levels[i])
         # Bottom-up soft down-sampling: L_{i+1} += avgpool2x2(QDA_i(L_i)). ceil_mode keeps odd maps working
         # (the reference crashes there, spec 15.9); for sizes divisible by 64 every map is even anyway.
+        # The QDA gates and pools in one call (pool=True): its channel scale lands after the pooling and the gated
+        # full-resolution map is never formed (the stride-4 level is the neck's largest memory traffic).
         for i in range(len(levels) - 1):
-            x = levels[i]
             if self.down_qda is not None:
-                x = self.down_qda[i].forward_map(x, text)
-            down = F.avg_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+                down = self.down_qda[i](levels[i], text, pool=True)
+            else:
+                down = F.avg_pool2d(levels[i], kernel_size=2, stride=2, ceil_mode=True)
             if down.shape[-2:] != levels[i + 1].shape[-2:]:
                 raise ValueError(f"neck level {i} pooled to {tuple(down.shape[-2:])}, "
                                  f"level {i + 1} is {tuple(levels[i + 1].shape[-2:])}")
