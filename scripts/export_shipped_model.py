@@ -44,6 +44,7 @@ def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: 
     strip_text = bool(text.pretrained and text.name)
     config.model.text.save_weights = not strip_text
     config.train.init_from = None
+    config.model.visual.checkpoint = None  # the pre-trained backbone it started from is in the weights now
     config.train.time_limit_minutes, config.train.max_steps = 0.0, 0
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()
              if not (strip_text and k.startswith(TEXT_PREFIX))}

@@ -208,3 +208,41 @@ def test_export_writes_a_small_fp16_folder_that_reproduces_its_record(work, scra
     with pytest.raises(SystemExit, match="over the 0.001 MB limit"):
         export.export(scratch["out"] / "model", work["root"] / "too-big", "fp16", 0.001, 5, NUM_EVAL, work["cache"])
     assert not (work["root"] / "too-big").exists()
+
+
+def test_backbone_pretraining_writes_a_checkpoint_the_visual_extractor_loads(tmp_path):
+    """scripts/pretrain_synth_backbone.py on a small SynthRef set: the dense cell labels match the scene (some cells
+    are objects, the rest background), and its output loads through model.visual.checkpoint with every backbone
+    tensor used and nothing unexpected."""
+    import torch
+
+    from lgrnet.config import load_config
+    from lgrnet.model.checkpoints import load_visual_checkpoint
+    from lgrnet.model.visual import VisualExtractor
+    from lgrnet.synth import ensure_synthref
+
+    data = tmp_path / "synth"
+    ensure_synthref(data, seed=3, num_train=12, num_val=3, num_test=3, workers=1)
+    pretrain = _script("pretrain_synth_backbone")
+    cells = pretrain.SceneCells(data, "train", 128, [8, 16], train=False)
+    _, labels = cells[0]
+    colour = labels["color"][0]
+    assert colour.shape == (16, 16) and (colour > 0).any() and (colour == 0).any()
+    assert ((labels["shape"][0] > 0) == (colour > 0)).all()
+
+    twin = tmp_path / "twin.yaml"
+    twin.write_text(tiny_twin("lgrnet-tiny").to_yaml())
+    out = tmp_path / "backbone.safetensors"
+    pretrain.main(["--config", str(twin), "--data", str(data), "--max-steps", "2", "--batch-size", "2",
+                   "--workers", "0", "--threads", "1", "--out", str(out)])
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["steps"] == 2 and set(summary["val_cell_accuracy"]) >= {"color_0", "shape_1", "size_0"}
+    config = load_config(twin)
+    visual = VisualExtractor(config.model.visual, text_dim=32, image_size=128)
+    report = load_visual_checkpoint(visual, out)
+    assert not report.missing and not report.unexpected and report.loaded
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out))
+    key = "backbone.0.body.layer1.0.conv1.weight"
+    assert torch.equal(visual.state_dict()["backbone.layer1.0.conv1.weight"], saved[key])
