@@ -246,3 +246,14 @@ def test_backbone_pretraining_writes_a_checkpoint_the_visual_extractor_loads(tmp
     saved = load_file(str(out))
     key = "backbone.0.body.layer1.0.conv1.weight"
     assert torch.equal(visual.state_dict()["backbone.layer1.0.conv1.weight"], saved[key])
+
+
+def test_grounding_check_reports_image_and_text_sensitivity(scratch):
+    """scripts/grounding_check.py on the quickstart's model folder (its data config points at the cached set)."""
+    check = _script("grounding_check")
+    report = check.grounding_check(str(scratch["out"] / "model"), split="val", num=NUM_EVAL)
+    assert report["samples"] == NUM_EVAL
+    # A random tiny model still reacts to both inputs a little; the two figures are distinct measurements.
+    assert report["box_change_images_rotated"] >= 0 and report["box_change_texts_rotated"] > 0
+    assert 0 < report["attention_entropy"] <= report["uniform_entropy"] + 1e-4
+    assert 0 <= report["acc50"] <= 100
