@@ -257,3 +257,19 @@ def test_grounding_check_reports_image_and_text_sensitivity(scratch):
     assert report["box_change_images_rotated"] >= 0 and report["box_change_texts_rotated"] > 0
     assert 0 < report["attention_entropy"] <= report["uniform_entropy"] + 1e-4
     assert 0 <= report["acc50"] <= 100
+
+
+def test_fine_tuning_a_trained_model_continues_at_its_final_learning_rate(tmp_path):
+    """A shipped (trained) start model is fine-tuned at the rate its recipe ended with (lr x gamma per drop);
+    a fresh model trains at the config's rates. Neither run drops the rate within the short budget."""
+    from lgrnet.config import load_config
+    from lgrnet.quickstart import QuickstartOptions, training_config
+
+    base = load_config(tiny_twin("lgrnet-tiny"), ["train.lr=5e-4", "train.lr_visual=2e-4",
+                                                   "train.lr_drop_epochs=[2]", "train.lr_gamma=0.1"])
+    options = QuickstartOptions(output_dir=tmp_path, device="cpu")
+    tuned = training_config(base, options, tmp_path, tmp_path / "init", fine_tune=True).train
+    fresh = training_config(base, options, tmp_path, tmp_path / "init", fine_tune=False).train
+    assert tuned.lr == pytest.approx(5e-5) and tuned.lr_visual == pytest.approx(2e-5)
+    assert fresh.lr == pytest.approx(5e-4) and fresh.lr_visual == pytest.approx(2e-4)
+    assert tuned.lr_drop_epochs == [] and fresh.lr_drop_epochs == []

@@ -150,8 +150,12 @@ def start_model(options: QuickstartOptions, say: Callable[[str], None]) -> _Star
     return _Start(model, config, "from-scratch", note)
 
 
-def training_config(base: Config, options: QuickstartOptions, data_root: Path, init_from: Path) -> Config:
-    """The start model's config set up for a time-limited run on the cached SynthRef train split."""
+def training_config(base: Config, options: QuickstartOptions, data_root: Path, init_from: Path,
+                    fine_tune: bool = False) -> Config:
+    """The start model's config set up for a time-limited run on the cached SynthRef train split.
+
+    ``fine_tune`` (a trained start model): every learning rate is scaled by ``train.lr_gamma``, the rate the
+    model's own recipe ended at, so that a short run continues its training instead of jolting it."""
     config = copy.deepcopy(base)
     config.name = "quickstart"
     data = config.data
@@ -162,13 +166,16 @@ def training_config(base: Config, options: QuickstartOptions, data_root: Path, i
     tc.time_limit_minutes = options.train_minutes
     tc.max_steps = options.max_steps
     tc.epochs = 10_000  # the budget ends the run, not the epoch count
-    tc.lr_drop_epochs = []
     tc.warmup_steps = 0
     tc.eval_every = 0  # evaluated here, on all three splits, after the run
     tc.checkpoint_every, tc.checkpoint_every_steps = 0, 0
     tc.log_every = 1
     tc.seed = options.seed
     tc.init_from = str(init_from)
+    if fine_tune and tc.lr_drop_epochs:
+        for name in ("lr", "lr_visual", "lr_neck_lateral", "lr_text", "lr_qda"):
+            setattr(tc, name, getattr(tc, name) * tc.lr_gamma ** len(tc.lr_drop_epochs))
+    tc.lr_drop_epochs = []
     if options.batch_size:
         tc.batch_size = options.batch_size
     if options.device == "cpu" or not torch.cuda.is_available():
@@ -306,7 +313,7 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
     start = start_model(options, say)
     init = out / "train" / "init"
     save_model(start.model, start.config, init)  # the exact start weights, handed to the trainer
-    config = training_config(start.config, options, data_root, init)
+    config = training_config(start.config, options, data_root, init, fine_tune=start.source == "shipped")
     if options.train_minutes == 0 and options.max_steps == 0 and start.source == "from-scratch":
         raise LGRNetError("--minutes 0: a model trained from scratch needs a training budget")
     # A fresh model is at chance on every split: its val score is shown, testA/testB are not spent time on.
