@@ -30,6 +30,15 @@ from lgrnet.config import load_config
 from lgrnet.engine.optim import build_optimizer
 from lgrnet.model.lgrnet import LGRNet
 
+# The profile in docs/synthref.md was taken on the first lgrnet-tiny (slim Swin at 256 px); these overrides
+# rebuild that model from today's preset (a 3-stage ResNet-18 at 128 px) so the figures stay reproducible.
+SWIN_TINY_256 = [
+    "model.visual.kind=swin", "model.visual.timm_name=swin_tiny_patch4_window7_224",
+    "model.visual.timm_kwargs={embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8]}",
+    "model.image_size=256", "model.text.max_length=40", "model.dropout=0.1", "model.visual_pos_init=normal",
+    "model.visual_pos_input=false",
+]
+
 SWEEP: dict[str, list[str]] = {
     "lgrnet-tiny (256 px, max_length 40)": [],
     "text.max_length 20": ["model.text.max_length=20"],
@@ -59,7 +68,7 @@ def make_batch(config, batch: int, length: int) -> dict[str, torch.Tensor]:
 
 
 def build(overrides: list[str]):
-    config = load_config("lgrnet-tiny", overrides)
+    config = load_config("lgrnet-tiny", SWIN_TINY_256 + list(overrides))
     torch.manual_seed(0)
     model = LGRNet(config.model, config.loss).train()
     optimizer = build_optimizer(model, config.train)
