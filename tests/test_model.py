@@ -15,8 +15,9 @@ def test_tiny_twin_output_shapes(preset):
     model, cfg = build(preset)
     n, b = cfg.model.num_layers, 3
     out = model(**make_inputs(cfg.model, batch=b), output_attentions=True)
-    s = cfg.model.image_size
-    nv = (s // 32) ** 2 + (s // 64) ** 2
+    s, stride = cfg.model.image_size, model.visual.out_stride  # 32 for 4-stage backbones, 16 for lgrnet-tiny's
+    assert stride == (16 if preset == "lgrnet-tiny" else 32)
+    nv = (s // stride) ** 2 + (s // (2 * stride)) ** 2
     assert isinstance(out, LGRNetOutput)
     assert out.pred_boxes.shape == (b, 4)
     assert out.layer_boxes.shape == (n, b, 4)
@@ -28,7 +29,7 @@ def test_tiny_twin_output_shapes(preset):
     # Head-averaged softmax rows sum to one over the keys (visual part only misses the prediction column).
     assert torch.allclose(out.text_attention.sum(-1), torch.ones(n, b), atol=1e-5)
     assert (out.visual_attention.sum(-1) <= 1 + 1e-5).all()
-    assert out.token_shapes == [(s // 32, s // 32), (s // 64, s // 64)]
+    assert out.token_shapes == [(s // stride, s // stride), (s // (2 * stride), s // (2 * stride))]
     assert out.loss is not None and torch.isfinite(out.loss)
     assert {"l1", "giou", "loss"} <= set(out.loss_dict)
     if cfg.loss.aux_loss:
