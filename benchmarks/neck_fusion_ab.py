@@ -50,15 +50,8 @@ def main(calls: int = 25) -> None:
             visual.add_upsampled_ = fast_add
 
     def run_fusion(full: bool) -> torch.Tensor:
-        if not full:
-            return reasoning(*fusion_args, **fusion_kwargs)[0]
-        for layer in reasoning.layers:  # every layer on the whole sequence, as before the change
-            layer.forward = _without_pred_only(type(layer).forward.__get__(layer))
-        try:
-            return reasoning(*fusion_args, **fusion_kwargs)[0]
-        finally:
-            for layer in reasoning.layers:
-                del layer.forward
+        # full: every layer on the whole sequence, as before the change.
+        return reasoning(*fusion_args, **fusion_kwargs, last_layer_pred_only=not full)[0]
 
     cases: dict[str, Callable[[], object]] = {
         "neck, interpolate + add": lambda: run_neck(interpolate_add),
@@ -79,13 +72,6 @@ def main(calls: int = 25) -> None:
                 times[name].append(time.process_time() - start)
     for name, values in times.items():
         print(f"{name}: median {statistics.median(values) * 1e3:.1f} ms, min {min(values) * 1e3:.1f} ms")
-
-
-def _without_pred_only(forward: Callable) -> Callable:
-    def full_forward(*args, pred_only: bool = False, **kwargs):
-        return forward(*args, pred_only=False, **kwargs)
-
-    return full_forward
 
 
 if __name__ == "__main__":

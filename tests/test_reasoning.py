@@ -128,25 +128,6 @@ def test_stack_compiles_without_graph_breaks(changes):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def _full_stack(stack: ReasoningStack, x, vis_mask, memory, text_mask, vpos, tpos, coord, output_attentions):
-    """The stack with every layer on the whole sequence (what the last layer's prediction-rows path replaces)."""
-    p, b, d = stack.num_pred, x.shape[0], x.shape[-1]
-    pred_rows = coord[:, None].expand(-1, p, -1) if stack.coord_embed == "qk" else x.new_zeros(b, p, d)
-    sa_pos = torch.cat((pred_rows, vpos[None, p:].expand(b, -1, -1)), dim=1)
-    states, vis_attn, txt_attn = [], [], []
-    for layer in stack.layers:
-        x, memory, sa_w, ca_w = layer(x, vis_mask, memory, text_mask, sa_pos, vpos[None], tpos[None], coord, p,
-                                      output_attentions, pred_only=False)
-        assert x.shape[1] == vis_mask.shape[1]
-        states.append(stack.norm(x[:, :p]).mean(dim=1))
-        if output_attentions:
-            vis_attn.append(sa_w[:, :, p:].mean(dim=1))
-            txt_attn.append(ca_w.mean(dim=1))
-    if not output_attentions:
-        return torch.stack(states), None, None
-    return torch.stack(states), torch.stack(vis_attn), torch.stack(txt_attn)
-
-
 @pytest.mark.parametrize("changes", [
     {}, {"num_pred_tokens": 2}, {"coord_embed": "add"}, {"coord_embed": "concat", "num_pred_tokens": 2},
     {"coord_embed": "none"}, {"text_attends_image": True}, {"text_attends_image": True, "num_pred_tokens": 3},
@@ -165,17 +146,19 @@ def test_last_layer_on_prediction_rows_equals_full_computation(changes):
     args = (x, vis_mask, memory, text_mask, torch.randn(p + nv, 32), torch.randn(length, 32), torch.randn(b, 32))
     for attentions in (False, True):
         fast = stack(*args, output_attentions=attentions)
-        full = _full_stack(stack, *args, output_attentions=attentions)
+        full = stack(*args, output_attentions=attentions, last_layer_pred_only=False)
         for a, e in zip(fast, full):
             if e is None:
                 assert a is None
             else:
                 assert a.shape == e.shape
                 torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-6)
-    # The last layer really returns only the prediction rows.
+    # The last layer really returns only the prediction rows (and the whole sequence when asked to).
     last = stack.layers[-1]
     seen = {}
     handle = last.register_forward_hook(lambda _m, _a, out: seen.update(x=out[0]))
     stack(*args)
-    handle.remove()
     assert seen["x"].shape == (b, p, 32)
+    stack(*args, last_layer_pred_only=False)
+    handle.remove()
+    assert seen["x"].shape == (b, p + nv, 32)

@@ -345,7 +345,6 @@ class Trainer:
                             if self.info.is_main and path is not None:
                                 ckpt.link_checkpoint(self.ckpt_root, path, "best")
                             save_s = time.monotonic() - t0
-                        self.model.train()
                     if tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0 \
                             and mid_epoch and saved_step != self.step:
                         t0 = time.monotonic()

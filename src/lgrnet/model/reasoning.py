@@ -169,9 +169,11 @@ class ReasoningStack(nn.Module):
 
     def forward(self, x: torch.Tensor, vis_mask: torch.Tensor, memory: torch.Tensor, text_mask: torch.Tensor,
                 visual_pos: torch.Tensor, text_pos: torch.Tensor, coord_emb: torch.Tensor | None,
-                output_attentions: bool = False
+                output_attentions: bool = False, last_layer_pred_only: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x [B, P+Nv, D] (prediction token(s) first), visual_pos [P+Nv, D], text_pos [L, D], coord_emb [B, D].
+        ``last_layer_pred_only=False`` runs the last layer on the whole sequence too (same outputs, more work:
+        the direct formulation, for checks and A/B timings).
 
         Returns the normalised, P-mean-pooled prediction token of every layer [N, B, D], and when
         ``output_attentions`` the prediction token's head-averaged attention to the visual tokens [N, B, Nv] and
@@ -190,7 +192,7 @@ class ReasoningStack(nn.Module):
         for i, layer in enumerate(self.layers):
             # Only the prediction rows of the last layer are read (below), so it computes only those rows.
             x, memory, sa_w, ca_w = layer(x, vis_mask, memory, text_mask, sa_pos, visual_pos, text_pos, coord_emb,
-                                          p, output_attentions, pred_only=i == last)
+                                          p, output_attentions, pred_only=last_layer_pred_only and i == last)
             states.append(self.norm(x[:, :p]).mean(dim=1))
             if output_attentions:
                 vis_attn.append(sa_w[:, :, p:].mean(dim=1))

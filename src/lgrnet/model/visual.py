@@ -33,9 +33,6 @@ from lgrnet.model.swin import use_reference_window_order
 
 log = logging.getLogger(__name__)
 
-#: The neck's output strides that LGR-NET consumes with the reference's four-stage backbones (spec 3.3 step 5).
-USED_STRIDES = (32, 64)
-
 
 class SoftDownsampleNeck(nn.Module):
     """Spec 3.3 (reference ``NoFpnSoftDownSample``): laterals, top-down sum, QDA-gated bottom-up sum, subsample.
