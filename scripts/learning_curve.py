@@ -6,8 +6,13 @@ Samples seen = step x batch size x accumulation steps x world size (batch and ac
 event, shifted back by one logging interval so step 0 sits at t = 0; time spent in a paused/resumed run's gap is
 removed (gaps longer than ``--max-gap`` minutes between events).
 
+Several runs that continue one another (``train.init_from`` the previous run's checkpoint) make one curve: give
+them in order as ``RUN:STEP``, STEP being the step of the checkpoint the next run started from (events after it
+are dropped); each later run's samples and minutes are counted on from there, and its rows carry ``stage``.
+
     python scripts/learning_curve.py runs/synthref-tiny --png runs/synthref-tiny/learning_curve.png \
         --markdown runs/synthref-tiny/learning_curve.md
+    python scripts/learning_curve.py runs/synthref-tiny:9000 runs/synthref-tiny-r2:12000 runs/synthref-tiny-r3
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
-def curve(run: Path, world_size: int = 1, max_gap_min: float = 30.0) -> list[dict]:
-    """One row per validation: step, samples seen, minutes, last train loss, val metrics."""
+def curve(run: Path, world_size: int = 1, max_gap_min: float = 30.0, until_step: int | None = None) -> list[dict]:
+    """One row per validation: step, samples seen, minutes, last train loss, val metrics (up to `until_step`)."""
     metrics = run / "metrics.jsonl" if run.is_dir() else run
     folder = metrics.parent
     events = read_events(metrics)
+    if until_step is not None:
+        events = [e for e in events if e["step"] <= until_step]
     if not events:
         raise SystemExit(f"{metrics}: no events")
     batch, accum = 1, 1
@@ -72,13 +79,41 @@ def curve(run: Path, world_size: int = 1, max_gap_min: float = 30.0) -> list[dic
     return rows
 
 
+def parse_stage(text: str) -> tuple[Path, int | None]:
+    """``RUN`` or ``RUN:STEP``."""
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isdigit():
+        return Path(head), int(tail)
+    return Path(text), None
+
+
+def stitched_curve(stages: list[str], world_size: int = 1, max_gap_min: float = 30.0) -> list[dict]:
+    """Curves of runs that continue one another, with samples and minutes counted on across them."""
+    rows: list[dict] = []
+    for number, stage in enumerate(stages, 1):
+        run, until = parse_stage(stage)
+        if number < len(stages) and until is None:
+            raise SystemExit(f"{stage}: give the step the next run started from as RUN:STEP")
+        samples0 = rows[-1]["samples"] if rows else 0
+        minutes0 = rows[-1]["minutes"] if rows else 0.0
+        step0 = rows[-1]["global_step"] if rows else 0
+        part = curve(run, world_size, max_gap_min, until)
+        if until is not None and (not part or part[-1]["step"] != until):
+            raise SystemExit(f"{stage}: no validation at step {until} in {run}")
+        for row in part:
+            row.update(stage=number, global_step=step0 + row["step"], samples=samples0 + row["samples"],
+                       minutes=minutes0 + row["minutes"])
+        rows += part
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| epoch | step | samples seen | wall-clock (min) | train loss | val Acc@0.5 | Acc@0.75 | mIoU |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| stage | epoch | step | samples seen | wall-clock (min) | train loss | val Acc@0.5 | Acc@0.75 | mIoU |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         loss = f"{r['loss']:.3f}" if r["loss"] is not None else "-"
-        lines.append(f"| {r['epoch']} | {r['step']} | {r['samples']} | {r['minutes']:.1f} | {loss} | "
-                     f"{r['acc50']:.2f} | {r['acc75']:.2f} | {r['miou']:.2f} |")
+        lines.append(f"| {r.get('stage', 1)} | {r['epoch']} | {r['step']} | {r['samples']} | {r['minutes']:.1f} | "
+                     f"{loss} | {r['acc50']:.2f} | {r['acc75']:.2f} | {r['miou']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -102,9 +137,16 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             value = xmax * k / 4
             x = x0 + (x1 - x0) * k / 4
             text = f"{value:.0f}" if xmax >= 10 else f"{value:.1f}"
-            draw.text((x - 10, y1 + 4), text, fill="black", font=small)
+            text_width = draw.textlength(text, font=small)
+            left = x - text_width / 2 if 0 < k < 4 else (x if k == 0 else x - text_width)  # ends stay inside
+            draw.text((left, y1 + 4), text, fill="black", font=small)
         draw.text(((x0 + x1) / 2 - 40, y1 + 20), label, fill="black", font=small)
         draw.text((x0 + 4, y0 + 4), "val Acc@0.5 (%)", fill="black", font=small)
+        for a, b in zip(rows, rows[1:]):  # dashed line where a continuation stage starts
+            if b.get("stage", 1) != a.get("stage", 1):
+                x = x0 + (x1 - x0) * a[key] / xmax
+                for y in range(int(y0), int(y1), 8):
+                    draw.line([x, y, x, min(y + 4, y1)], fill=(120, 120, 120))
         points = [(x0 + (x1 - x0) * r[key] / xmax, y1 - (y1 - y0) * (r["acc50"] or 0) / 100) for r in rows]
         if len(points) > 1:
             draw.line(points, fill=(200, 30, 30), width=2)
@@ -116,14 +158,15 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="training output folder (or its metrics.jsonl)")
+    parser.add_argument("runs", nargs="+", metavar="RUN[:STEP]",
+                        help="training output folder (or its metrics.jsonl); several: runs that continue one another")
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--max-gap", type=float, default=30.0, help="minutes; longer gaps are not counted")
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    rows = curve(args.run, args.world_size, args.max_gap)
+    rows = stitched_curve(args.runs, args.world_size, args.max_gap)
     table = markdown(rows)
     print(table, end="")
     if not rows:
@@ -133,7 +176,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.png and rows:
-        plot(rows, args.png, f"{args.run}: val Acc@0.5")
+        plot(rows, args.png, f"{' + '.join(args.runs)}: val Acc@0.5")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from lgrnet.config import TrainConfig
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.data import ResumableSampler
-from lgrnet.engine.optim import StepDecayWithWarmup, build_scheduler
+from lgrnet.engine.optim import CosineWithWarmup, StepDecayWithWarmup, build_scheduler
 from lgrnet.errors import CheckpointError, DataError
 
 
@@ -128,6 +128,31 @@ def test_schedule_steps_at_epoch_milestones_with_warmup(tmp_path):
     torch.save(scheduler.state_dict(), tmp_path / "s.pt")  # must load without unpickling objects
     path = tmp_path / "s.pt"
     assert torch.load(path, weights_only=True)["last_epoch"] == 4
+
+
+def test_cosine_schedule_decays_over_max_steps_or_all_epochs(tmp_path):
+    sched = CosineWithWarmup(total_steps=12, warmup_steps=2, min_ratio=0.1)
+    assert [sched(s) for s in range(2)] == pytest.approx([0.5, 1.0])
+    assert sched(2) == pytest.approx(1.0) and sched(7) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert sched(12) == pytest.approx(0.1) and sched(50) == pytest.approx(0.1)
+    assert all(sched(s) > sched(s + 1) for s in range(2, 12))
+
+    def lrs(train: TrainConfig) -> list[float]:
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        scheduler = build_scheduler(opt, train, steps_per_epoch=5)
+        out = []
+        for _ in range(12):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        torch.save(scheduler.state_dict(), tmp_path / "cos.pt")
+        assert torch.load(tmp_path / "cos.pt", weights_only=True)["last_epoch"] == 12
+        return out
+
+    by_epochs = lrs(TrainConfig(lr_schedule="cosine", epochs=2, lr_drop_epochs=[1]))  # drops are ignored
+    assert by_epochs[0] == 2.0 and by_epochs[5] == pytest.approx(1.0) and by_epochs[10:] == pytest.approx([0, 0])
+    by_steps = lrs(TrainConfig(lr_schedule="cosine", epochs=2, max_steps=4))
+    assert by_steps[2] == pytest.approx(1.0) and by_steps[4:] == pytest.approx([0.0] * 8)
 
 
 def test_sampler_shards_equal_single_process_batches_and_resumes():

@@ -175,9 +175,35 @@ def test_learning_curve_from_metrics_log(tmp_path):
     assert rows[0]["minutes"] == pytest.approx(150 / 60)  # 60 s before the first log (10 steps at 6 s) + 90 s
     assert rows[1]["minutes"] == pytest.approx(180 / 60)  # + 30 s after the resume
     assert rows[0]["loss"] == 2.0 and rows[1]["acc50"] == 40.0
-    assert "| 2 | 30 | 1920 |" in lc.markdown(rows)
+    assert "| 1 | 2 | 30 | 1920 |" in lc.markdown(rows)
     lc.plot(rows, tmp_path / "curve.png", "test")
     assert Image.open(tmp_path / "curve.png").size == (1040, 370)
+
+
+def test_learning_curve_stitches_runs_that_continue_one_another(tmp_path):
+    lc = _script("learning_curve")
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, acc in ((first, (10.0, 30.0, 31.0)), (second, (25.0, 50.0, 0.0))):
+        run.mkdir()
+        (run / "config.yaml").write_text("train:\n  batch_size: 4\n")
+        events = []
+        for k, value in enumerate(acc[:2] if run == second else acc, 1):
+            events += [{"kind": "train", "step": 10 * k, "time": 60.0 * k, "loss": 1.0},
+                       {"kind": "val", "step": 10 * k, "time": 60.0 * k, "epoch": 1, "acc50": value,
+                        "acc75": 0.0, "miou": 0.0}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in events))
+    # the second run started from the first one's step-20 checkpoint: its step 30 is left out
+    rows = lc.stitched_curve([f"{first}:20", str(second)])
+    assert [r["acc50"] for r in rows] == [10.0, 30.0, 25.0, 50.0]
+    assert [r["stage"] for r in rows] == [1, 1, 2, 2]
+    assert [r["global_step"] for r in rows] == [10, 20, 30, 40]
+    assert [r["samples"] for r in rows] == [40, 80, 120, 160]
+    assert [r["minutes"] for r in rows] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    lc.plot(rows, tmp_path / "curve.png", "stitched")
+    with pytest.raises(SystemExit, match="RUN:STEP"):
+        lc.stitched_curve([str(first), str(second)])
+    with pytest.raises(SystemExit, match="no validation at step 15"):
+        lc.stitched_curve([f"{first}:15", str(second)])
 
 
 def test_synthref_tiny_config_is_lgrnet_tiny_on_synthref():

@@ -188,8 +188,12 @@ class TrainConfig:
     lr_text: float = 1e-5
     lr_qda: float = 1e-4  # query-dynamic attention, backbone and neck
     weight_decay: float = 1e-4
+    # "step": the reference's x lr_gamma at each of lr_drop_epochs; "cosine": decay to lr x min_lr_ratio over the
+    # run (max_steps, else all epochs), the better schedule for a fixed budget when continuing a trained model.
+    lr_schedule: Literal["step", "cosine"] = "step"
     lr_drop_epochs: list[int] = field(default_factory=lambda: [60])
     lr_gamma: float = 0.1
+    min_lr_ratio: float = 0.0
     warmup_steps: int = 0
     clip_max_norm: float = 0.0
     precision: Literal["off", "bf16", "fp16"] = "bf16"

@@ -3,13 +3,15 @@
 AdamW (0.9, 0.999, eps 1e-8) with weight decay on every trainable parameter, as the reference; parameter groups
 by :meth:`LGRNet.param_group`: the backbone proper, the neck's 1x1 laterals and the text encoder at 1e-5, the
 query-dynamic attention and everything else at 1e-4. Frozen parameters are left out. The schedule is the
-reference's step decay over epochs (x ``lr_gamma`` at each of ``lr_drop_epochs``), with an optional linear
-warm-up over the first optimizer steps; it is stepped once per optimizer step.
+reference's step decay over epochs (x ``lr_gamma`` at each of ``lr_drop_epochs``), or with ``lr_schedule:
+cosine`` a cosine decay over the run's optimizer steps (``max_steps``, else all epochs) down to ``min_lr_ratio``;
+both with an optional linear warm-up over the first optimizer steps, stepped once per optimizer step.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Any
 
 import torch
@@ -59,9 +61,32 @@ class StepDecayWithWarmup:
         return factor
 
 
+class CosineWithWarmup:
+    """lr factor at optimizer step s: linear warm-up over ``warmup_steps``, then
+    ``min_ratio + (1 - min_ratio) * (1 + cos(pi * t)) / 2`` with t going from 0 to 1 over the remaining steps up
+    to ``total_steps`` (and staying at ``min_ratio`` after). A plain object, like :class:`StepDecayWithWarmup`."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, min_ratio: float):
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = warmup_steps
+        self.min_ratio = min_ratio
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    schedule = StepDecayWithWarmup(steps_per_epoch, list(train.lr_drop_epochs), train.lr_gamma, train.warmup_steps)
+    schedule: StepDecayWithWarmup | CosineWithWarmup
+    if train.lr_schedule == "cosine":
+        total = train.max_steps if train.max_steps > 0 else train.epochs * max(1, steps_per_epoch)
+        schedule = CosineWithWarmup(total, train.warmup_steps, train.min_lr_ratio)
+    else:
+        schedule = StepDecayWithWarmup(steps_per_epoch, list(train.lr_drop_epochs), train.lr_gamma,
+                                       train.warmup_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
