@@ -286,8 +286,9 @@ def test_grounding_check_reports_image_and_text_sensitivity(scratch):
 
 
 def test_fine_tuning_a_trained_model_continues_at_its_final_learning_rate(tmp_path):
-    """A shipped (trained) start model is fine-tuned at the rate its recipe ended with (lr x gamma per drop);
-    a fresh model trains at the config's rates. Neither run drops the rate within the short budget."""
+    """A shipped (trained) start model is fine-tuned at the rate its recipe ended with (lr x gamma per drop, or
+    x min_lr_ratio after a cosine decay); a fresh model trains at the config's rates. Neither run changes the rate
+    within the short budget."""
     from lgrnet.config import load_config
     from lgrnet.quickstart import QuickstartOptions, training_config
 
@@ -299,3 +300,8 @@ def test_fine_tuning_a_trained_model_continues_at_its_final_learning_rate(tmp_pa
     assert tuned.lr == pytest.approx(5e-5) and tuned.lr_visual == pytest.approx(2e-5)
     assert fresh.lr == pytest.approx(5e-4) and fresh.lr_visual == pytest.approx(2e-4)
     assert tuned.lr_drop_epochs == [] and fresh.lr_drop_epochs == []
+    cosine = load_config(base, ["train.lr_schedule=cosine", "train.min_lr_ratio=0.02"])
+    tuned = training_config(cosine, options, tmp_path, tmp_path / "init", fine_tune=True).train
+    fresh = training_config(cosine, options, tmp_path, tmp_path / "init", fine_tune=False).train
+    assert tuned.lr == pytest.approx(1e-5) and tuned.lr_visual == pytest.approx(4e-6)
+    assert fresh.lr == pytest.approx(5e-4) and tuned.lr_schedule == fresh.lr_schedule == "step"

@@ -154,8 +154,9 @@ def training_config(base: Config, options: QuickstartOptions, data_root: Path, i
                     fine_tune: bool = False) -> Config:
     """The start model's config set up for a time-limited run on the cached SynthRef train split.
 
-    ``fine_tune`` (a trained start model): every learning rate is scaled by ``train.lr_gamma``, the rate the
-    model's own recipe ended at, so that a short run continues its training instead of jolting it."""
+    ``fine_tune`` (a trained start model): every learning rate is scaled to the rate the model's own recipe
+    ended at (x ``lr_gamma`` per drop of a step schedule, x ``min_lr_ratio`` of a cosine one), so that a short
+    run continues its training instead of jolting it. Either run keeps its rate constant."""
     config = copy.deepcopy(base)
     config.name = "quickstart"
     data = config.data
@@ -172,10 +173,11 @@ def training_config(base: Config, options: QuickstartOptions, data_root: Path, i
     tc.log_every = 1
     tc.seed = options.seed
     tc.init_from = str(init_from)
-    if fine_tune and tc.lr_drop_epochs:
+    if fine_tune:
+        final = tc.min_lr_ratio if tc.lr_schedule == "cosine" else tc.lr_gamma ** len(tc.lr_drop_epochs)
         for name in ("lr", "lr_visual", "lr_neck_lateral", "lr_text", "lr_qda"):
-            setattr(tc, name, getattr(tc, name) * tc.lr_gamma ** len(tc.lr_drop_epochs))
-    tc.lr_drop_epochs = []
+            setattr(tc, name, getattr(tc, name) * final)
+    tc.lr_schedule, tc.lr_drop_epochs = "step", []
     if options.batch_size:
         tc.batch_size = options.batch_size
     if options.device == "cpu" or not torch.cuda.is_available():
