@@ -112,22 +112,27 @@ def test_rng_round_trip_through_weights_only_file(tmp_path):
     assert torch.equal(torch.rand(3), expected[2])
 
 
+def scheduled_lrs(train: TrainConfig, base_lr: float, steps: int, steps_per_epoch: int, path: Path) -> list[float]:
+    """The lr of each of `steps` optimizer steps under build_scheduler; its state dict must then load without
+    unpickling objects."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    scheduler = build_scheduler(opt, train, steps_per_epoch=steps_per_epoch)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    torch.save(scheduler.state_dict(), path)
+    assert torch.load(path, weights_only=True)["last_epoch"] == steps
+    return lrs
+
+
 def test_schedule_steps_at_epoch_milestones_with_warmup(tmp_path):
     sched = StepDecayWithWarmup(steps_per_epoch=10, milestones=[2, 4], gamma=0.1, warmup_steps=4)
     assert [sched(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert sched(19) == 1.0 and sched(20) == pytest.approx(0.1) and sched(40) == pytest.approx(0.01)
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    train = TrainConfig(lr_drop_epochs=[1], lr_gamma=0.5)
-    scheduler = build_scheduler(opt, train, steps_per_epoch=3)
-    lrs = []
-    for _ in range(4):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        scheduler.step()
+    lrs = scheduled_lrs(TrainConfig(lr_drop_epochs=[1], lr_gamma=0.5), 1.0, 4, 3, tmp_path / "s.pt")
     assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.5])
-    torch.save(scheduler.state_dict(), tmp_path / "s.pt")  # must load without unpickling objects
-    path = tmp_path / "s.pt"
-    assert torch.load(path, weights_only=True)["last_epoch"] == 4
 
 
 def test_cosine_schedule_decays_over_max_steps_or_all_epochs(tmp_path):
@@ -138,16 +143,7 @@ def test_cosine_schedule_decays_over_max_steps_or_all_epochs(tmp_path):
     assert all(sched(s) > sched(s + 1) for s in range(2, 12))
 
     def lrs(train: TrainConfig) -> list[float]:
-        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-        scheduler = build_scheduler(opt, train, steps_per_epoch=5)
-        out = []
-        for _ in range(12):
-            out.append(opt.param_groups[0]["lr"])
-            opt.step()
-            scheduler.step()
-        torch.save(scheduler.state_dict(), tmp_path / "cos.pt")
-        assert torch.load(tmp_path / "cos.pt", weights_only=True)["last_epoch"] == 12
-        return out
+        return scheduled_lrs(train, 2.0, 12, 5, tmp_path / "cos.pt")
 
     by_epochs = lrs(TrainConfig(lr_schedule="cosine", epochs=2, lr_drop_epochs=[1]))  # drops are ignored
     assert by_epochs[0] == 2.0 and by_epochs[5] == pytest.approx(1.0) and by_epochs[10:] == pytest.approx([0, 0])
