@@ -12,7 +12,7 @@ are dropped); each later run's samples and minutes are counted on from there, an
 
     python scripts/learning_curve.py runs/synthref-tiny --png runs/synthref-tiny/learning_curve.png \
         --markdown runs/synthref-tiny/learning_curve.md
-    python scripts/learning_curve.py runs/synthref-tiny:9000 runs/synthref-tiny-r2:12000 runs/synthref-tiny-r3
+    python scripts/learning_curve.py runs/synthref-tiny:9000 runs/synthref-tiny-r2:3000 runs/synthref-tiny-r3
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 #   3. lgrnet train with configs/synthref-tiny.yaml in three stages that continue one another (train.init_from):
 #      a. $OUT: from that backbone, step schedule (lr x0.1 after epoch 2), 9000 steps;
 #      b. $OUT-r2: from a's best checkpoint, constant preset learning rate, 3000 steps;
-#      c. $OUT-r3: from b's last checkpoint, cosine decay from half the preset learning rates, 12500 steps.
+#      c. $OUT-r3: from b's final checkpoint (step 3000), cosine decay from half the preset learning rates, 12500 steps.
 #      (Stage a is the run the first shipped model came from; b and c continued it. A stage whose final
 #      checkpoint exists is skipped; an interrupted stage resumes when the script is rerun.)
 #   4. export of stage c's best checkpoint into src/lgrnet/weights/synthref-tiny/ (no text encoder, fp16,

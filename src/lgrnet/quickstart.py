@@ -174,8 +174,10 @@ def training_config(base: Config, options: QuickstartOptions, data_root: Path, i
     tc.seed = options.seed
     tc.init_from = str(init_from)
     if fine_tune:
-        final = tc.min_lr_ratio if tc.lr_schedule == "cosine" else tc.lr_gamma ** len(tc.lr_drop_epochs)
-        for name in ("lr", "lr_visual", "lr_neck_lateral", "lr_text", "lr_qda"):
+        from lgrnet.engine.optim import GROUP_LR_FIELDS, final_lr_factor
+
+        final = final_lr_factor(tc)
+        for name in GROUP_LR_FIELDS.values():
             setattr(tc, name, getattr(tc, name) * final)
     tc.lr_schedule, tc.lr_drop_epochs = "step", []
     if options.batch_size:

@@ -90,5 +90,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def final_lr_factor(train: TrainConfig) -> float:
+    """The factor the schedule of ``train`` ends at (after warm-up): ``lr_gamma`` per drop, or ``min_lr_ratio``."""
+    if train.lr_schedule == "cosine":
+        return train.min_lr_ratio
+    return train.lr_gamma ** len(train.lr_drop_epochs)
+
+
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)}
