@@ -92,3 +92,16 @@ def test_bad_names_and_sizes_are_clear_errors(tmp_path, monkeypatch):
         TextExtractor(TextConfig(name="", pretrained=True))
     with pytest.raises(LGRNetError, match="num_mean_layers=9"):
         TextExtractor(TextConfig(**{**TINY_TEXT, "num_mean_layers": 9}))
+
+
+def test_half_precision_checkpoint_loads_as_fp32_with_its_values(tmp_path):
+    """transformers >= 5 keeps a checkpoint's dtype; the extractor must still be fp32 like the rest of the model."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    source = BertModel(BertConfig(**TINY_TEXT["config_overrides"]), add_pooling_layer=False).half()
+    source.save_pretrained(tmp_path)
+    extractor = TextExtractor(TextConfig(name=str(tmp_path), pretrained=True))
+    assert {p.dtype for p in extractor.parameters()} == {torch.float32}
+    torch.testing.assert_close(extractor.encoder.embeddings.word_embeddings.weight,
+                               source.embeddings.word_embeddings.weight.float())

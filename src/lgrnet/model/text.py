@@ -115,6 +115,9 @@ def build_text_encoder(cfg: TextConfig) -> nn.Module:
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+    # transformers >= 5 keeps the checkpoint's dtype (an fp16 upload stays fp16); the model is fp32 and mixed
+    # precision comes from autocast, so bring the encoder to fp32 like the rest.
+    model = model.float()
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         log.warning("model.text.name=%r: %d weights not in the checkpoint, initialised randomly: %s",
