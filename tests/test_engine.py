@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lgrnet.config import TINY_TEXT, Config, load_config, tiny_twin
+from lgrnet.config import TINY_TEXT, Config, TrainConfig, load_config, tiny_twin
 from lgrnet.engine import checkpoint as ckpt
+from lgrnet.engine.optim import cosine_horizon, time_budget_horizon
 from lgrnet.engine.train import FAIL_ENV, NonFiniteLossError, train
 from lgrnet.errors import DataError
 
@@ -290,8 +291,8 @@ def test_eval_command_prints_metrics_and_writes_predictions(smoke_dir, tmp_path,
     assert "--data bogus:x" in capsys.readouterr().err
 
 
-def test_time_limit_stops_with_a_validated_resumable_checkpoint(smoke_dir, tmp_path):
-    config = tiny(smoke_dir, "train.epochs=1000", "train.time_limit_minutes=0.2")
+def test_time_limit_stops_with_a_validated_resumable_checkpoint_and_cosine_fits_the_budget(smoke_dir, tmp_path):
+    config = tiny(smoke_dir, "train.epochs=1000", "train.time_limit_minutes=0.2", "train.lr_schedule=cosine")
     start = time.monotonic()
     result = train(config, tmp_path / "run", device="cpu", start_time=start)
     assert result.stopped_early == "time_limit"
@@ -300,6 +301,22 @@ def test_time_limit_stops_with_a_validated_resumable_checkpoint(smoke_dir, tmp_p
     assert result.val_metrics["count"] == 6
     info = ckpt.find_latest(tmp_path / "run")
     assert info is not None and info.step == result.step
+    # 1000 epochs would keep the rate near its top; the time budget's horizon brings it down by the end.
+    lrs = [row["lr_rest"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+           if row["kind"] == "train"]
+    base = config.train.lr
+    assert len(lrs) == result.step >= 20
+    assert lrs[5] == pytest.approx(base, rel=1e-3) and lrs[-1] < 0.3 * base
+
+
+def test_cosine_horizon_is_the_first_limit_and_the_time_budget_caps_it():
+    assert cosine_horizon(TrainConfig(epochs=3, max_steps=0), steps_per_epoch=10) == 30
+    assert cosine_horizon(TrainConfig(epochs=3, max_steps=12), steps_per_epoch=10) == 12
+    assert cosine_horizon(TrainConfig(epochs=3, max_steps=50), steps_per_epoch=10) == 30
+    # 100 steps done at 5 steps/s with 20 s left: ends at 200, unless the step limit comes first.
+    assert time_budget_horizon(100, 5.0, 20.0, cap=1000) == 200
+    assert time_budget_horizon(100, 5.0, 20.0, cap=150) == 150
+    assert time_budget_horizon(100, 5.0, -3.0, cap=1000) == 101  # out of time: always one step ahead
 
 
 CONFIGS = REPO / "configs"

@@ -189,7 +189,8 @@ class TrainConfig:
     lr_qda: float = 1e-4  # query-dynamic attention, backbone and neck
     weight_decay: float = 1e-4
     # "step": the reference's x lr_gamma at each of lr_drop_epochs; "cosine": decay to lr x min_lr_ratio over the
-    # run (max_steps, else all epochs), the better schedule for a fixed budget when continuing a trained model.
+    # run (all epochs or max_steps, whichever ends it first; with time_limit_minutes, the steps that fit in the
+    # budget, estimated from the throughput as the run goes), the better schedule for a fixed budget.
     lr_schedule: Literal["step", "cosine"] = "step"
     lr_drop_epochs: list[int] = field(default_factory=lambda: [60])
     lr_gamma: float = 0.1

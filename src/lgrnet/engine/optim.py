@@ -4,8 +4,10 @@ AdamW (0.9, 0.999, eps 1e-8) with weight decay on every trainable parameter, as 
 by :meth:`LGRNet.param_group`: the backbone proper, the neck's 1x1 laterals and the text encoder at 1e-5, the
 query-dynamic attention and everything else at 1e-4. Frozen parameters are left out. The schedule is the
 reference's step decay over epochs (x ``lr_gamma`` at each of ``lr_drop_epochs``), or with ``lr_schedule:
-cosine`` a cosine decay over the run's optimizer steps (``max_steps``, else all epochs) down to ``min_lr_ratio``;
-both with an optional linear warm-up over the first optimizer steps, stepped once per optimizer step.
+cosine`` a cosine decay over the run's optimizer steps (all epochs, or ``max_steps`` when that ends it sooner) down
+to ``min_lr_ratio``; both with an optional linear warm-up over the first optimizer steps, stepped once per optimizer
+step. A cosine run with a wall-clock budget (``time_limit_minutes``) decays over the steps that fit in it: the
+trainer re-estimates the horizon from its throughput as it goes (:func:`time_budget_horizon`).
 """
 
 from __future__ import annotations
@@ -78,12 +80,23 @@ class CosineWithWarmup:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def cosine_horizon(train: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps the cosine decays over: all epochs, or ``max_steps`` when that ends the run sooner."""
+    total = train.epochs * max(1, steps_per_epoch)
+    return min(total, train.max_steps) if train.max_steps > 0 else total
+
+
+def time_budget_horizon(step: int, steps_per_s: float, remaining_s: float, cap: int) -> int:
+    """The step at which a wall-clock budget runs out: ``step`` plus what ``remaining_s`` holds at the measured
+    rate, at most ``cap`` (the step or epoch limit) and at least one step ahead."""
+    return min(cap, step + max(1, int(steps_per_s * max(0.0, remaining_s))))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     schedule: StepDecayWithWarmup | CosineWithWarmup
     if train.lr_schedule == "cosine":
-        total = train.max_steps if train.max_steps > 0 else train.epochs * max(1, steps_per_epoch)
-        schedule = CosineWithWarmup(total, train.warmup_steps, train.min_lr_ratio)
+        schedule = CosineWithWarmup(cosine_horizon(train, steps_per_epoch), train.warmup_steps, train.min_lr_ratio)
     else:
         schedule = StepDecayWithWarmup(steps_per_epoch, list(train.lr_drop_epochs), train.lr_gamma,
                                        train.warmup_steps)

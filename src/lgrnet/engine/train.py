@@ -36,7 +36,13 @@ from lgrnet.engine.distributed import (
 )
 from lgrnet.engine.evaluate import autocast, evaluate
 from lgrnet.engine.logging import MetricsLogger, Progress
-from lgrnet.engine.optim import build_optimizer, build_scheduler, group_lrs
+from lgrnet.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+    cosine_horizon,
+    group_lrs,
+    time_budget_horizon,
+)
 from lgrnet.errors import CheckpointError, LGRNetError
 
 # Test hook "RANK:STEP": that rank raises before the step, to show that the other ranks stop instead of hanging.
@@ -142,6 +148,9 @@ class Trainer:
                               f"train.accumulation_steps={accum}")
         self.optimizer = build_optimizer(self.model, tc)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
+        # Cosine over a wall-clock budget: the horizon follows the measured throughput (_update_time_horizon).
+        self.time_horizon = tc.lr_schedule == "cosine" and tc.time_limit_minutes > 0
+        self.horizon_cap = cosine_horizon(tc, self.steps_per_epoch)
         names = [g["name"] for g in self.optimizer.param_groups]
         self._main_group = names.index("rest") if "rest" in names else 0  # the lr shown in the progress bar
         # Created once and checkpointed (the reference re-created it every epoch, spec 15.12).
@@ -250,6 +259,14 @@ class Trainer:
             eval_s = len(self.val_records) / samples_per_s / 2 if self.val_records and samples_per_s > 0 else 0.0
         return eval_s + save_s
 
+    def _update_time_horizon(self, steps_timed: int, timed_s: float, reserve_s: float) -> None:
+        """Point the cosine's end at the step where the time budget runs out, at the rate measured so far
+        (validations included, as they recur). Averaged over ranks so that every rank keeps the same rates."""
+        remaining = self.config.train.time_limit_minutes * 60 - (time.monotonic() - self.start_time) - reserve_s
+        horizon = time_budget_horizon(self.step, steps_timed / max(timed_s, 1e-9), remaining, self.horizon_cap)
+        horizon = float(all_reduce_sum(torch.tensor([float(horizon)]), self.info)) / self.info.world_size
+        self.scheduler.lr_lambdas[0].total_steps = max(1, round(horizon))
+
     def _validate(self, epoch: int, log_epoch: int | None = None) -> float:
         """Evaluate on the val split into ``self.last_val``, log and print it; returns the seconds it took."""
         t0 = time.monotonic()
@@ -274,6 +291,8 @@ class Trainer:
         stop = ""
         last_path = None
         saved_step = self.step if self.resume_info is not None else -1  # step of the newest checkpoint
+        # Throughput for the time-budget horizon, timed from this process's 5th step on (start-up excluded).
+        steps_here, timing_from = 0, 0.0
         try:
             while self.epoch < tc.epochs and not stop:
                 epoch = self.epoch
@@ -321,6 +340,11 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
+                    steps_here += 1
+                    if steps_here == 5:
+                        timing_from = time.monotonic()
+                    elif self.time_horizon and steps_here >= 10 and steps_here % 5 == 0:
+                        self._update_time_horizon(steps_here - 5, time.monotonic() - timing_from, reserve)
                     self.scheduler.step()
                     step_s = time.monotonic() - step_start
                     step_start = time.monotonic()
