@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lgrnet.cli import main
@@ -106,3 +107,47 @@ def test_pipeline_benchmark_reports_rates(capsys):
                 ["--image-size", "128", "--samples", "4", "--batch-size", "2", "--images", "synthetic"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| train", "| eval"))]
     assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows)
+
+
+def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    big = Image.new("RGB", (300, 200), "white")
+    big.paste((255, 0, 0), (60, 40, 150, 120))  # the red box [60, 40, 150, 120)
+    big.save(tmp_path / "img" / "big.jpg", quality=95)
+    Image.new("RGB", (100, 50), "blue").save(tmp_path / "img" / "small.png")
+    rows = [{"image": "img/big.jpg", "expression": "the red box", "box": [60, 40, 150, 120]},
+            {"image": "img/small.png", "expression": "everything", "box": [0, 0, 100, 50]}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "shrink_images.py"
+    _run_script(script, [str(tmp_path), "--max-side", "128", "--workers", "1"])
+    assert "2 records, 2 images (1 shrunk to <= 128 px)" in capsys.readouterr().out
+
+    shrunk = read_jsonl(tmp_path / "train-128.jsonl")
+    assert [r.expression for r in shrunk] == ["the red box", "everything"]
+    image = Image.open(shrunk[0].image)
+    assert image.size == (128, 85) and image.format == "PNG"
+    x1, y1, x2, y2 = shrunk[0].box
+    assert (x1, x2) == pytest.approx((60 * 128 / 300, 150 * 128 / 300)) and (y1, y2) == pytest.approx((40 * 85 / 200,
+                                                                                                      120 * 85 / 200))
+    red = np.asarray(image)[..., 0] > 200
+    red &= np.asarray(image)[..., 1] < 80
+    ys, xs = np.nonzero(red)  # the red pixels lie inside the scaled box, and fill most of it
+    assert x1 - 1 <= xs.min() and xs.max() <= x2 and y1 - 1 <= ys.min() and ys.max() <= y2
+    assert red.sum() > 0.8 * (x2 - x1) * (y2 - y1)
+    assert shrunk[1].box == (0, 0, 100, 50) and Path(shrunk[1].image).name == "small.png"  # small enough: kept
+    assert (tmp_path / "train.jsonl").read_text().count("img/big.jpg") == 1  # the source split is untouched
+
+    shrink = _script_module(script)
+    assert shrink.main([str(tmp_path), "--split", "nope"]) == 2
+    assert "nope.jsonl: no such split file" in capsys.readouterr().err
+
+
+def _script_module(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

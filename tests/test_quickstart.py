@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lgrnet.cli import main
@@ -305,3 +306,35 @@ def test_fine_tuning_a_trained_model_continues_at_its_final_learning_rate(tmp_pa
     fresh = training_config(cosine, options, tmp_path, tmp_path / "init", fine_tune=False).train
     assert tuned.lr == pytest.approx(1e-5) and tuned.lr_visual == pytest.approx(4e-6)
     assert fresh.lr == pytest.approx(5e-4) and tuned.lr_schedule == fresh.lr_schedule == "step"
+
+
+def test_transfer_weights_copies_what_fits_and_can_repeat_trained_layers(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from lgrnet.config import apply_overrides
+    from lgrnet.model.io import save_model
+    from lgrnet.model.lgrnet import LGRNet
+
+    transfer = _script("transfer_weights")
+    config = apply_overrides(tiny_twin("lgrnet-tiny"), ["model.num_layers=2"])
+    (tmp_path / "tiny.yaml").write_text(config.to_yaml())
+    save_model(LGRNet(config.model, config.loss), config, tmp_path / "trained")
+    trained = load_file(str(tmp_path / "trained" / "model.safetensors"))
+
+    args = ["--source", str(tmp_path / "trained"), "--config", str(tmp_path / "tiny.yaml"), "--seed", "3"]
+    assert transfer.main([*args, "--set", "model.num_layers=4", "--repeat-layers", "--out", str(tmp_path / "deep")]) == 0
+    assert "repeated from trained layers, 0 fresh" in capsys.readouterr().out
+    deep = load_file(str(tmp_path / "deep" / "model.safetensors"))
+    layer = "reasoning.layers.{}.linear1.weight"
+    assert torch.equal(deep[layer.format(2)], trained[layer.format(0)])
+    assert torch.equal(deep[layer.format(3)], trained[layer.format(1)])
+    assert all(torch.equal(deep[k], v) for k, v in trained.items() if not k.startswith("text."))
+
+    hidden = config.model.hidden_dim * 2
+    assert transfer.main([*args, "--set", f"model.hidden_dim={hidden}", "--out", str(tmp_path / "wide")]) == 0
+    wide = load_file(str(tmp_path / "wide" / "model.safetensors"))
+    backbone = [k for k in trained if k.startswith("visual.backbone.")]
+    assert backbone and all(torch.equal(wide[k], trained[k]) for k in backbone)  # same shapes: copied
+    assert wide["visual_proj.weight"].shape[0] == hidden  # new width: freshly initialised
+    assert transfer.main(["--source", str(tmp_path), "--config", "lgrnet-tiny", "--out", str(tmp_path / "x")]) == 2
+    assert "no model.safetensors" in capsys.readouterr().err
