@@ -9,6 +9,9 @@ The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``,
 * ``metrics.json`` records the run's val metrics and the Acc@0.5 of the *exported* weights on a fixed SynthRef
   val sample, which ``tests/test_quickstart.py`` checks the shipped model reproduces.
 
+``--set train.batch_size=16`` and the like change the config's data and training settings: the ones a user's
+fine-tune starts from (the quickstart's, say) when the model's last stage ran elsewhere, such as on a GPU.
+
     python scripts/export_shipped_model.py --run runs/synthref-tiny --out src/lgrnet/weights/synthref-tiny
 """
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from lgrnet.config import apply_overrides
 from lgrnet.engine.evaluate import resolve_model_folder
 from lgrnet.model.io import CONFIG_FILE, TEXT_PREFIX, WEIGHTS_FILE, load_model
 from lgrnet.quickstart import RECORD_FILE, sample_accuracy
@@ -33,8 +37,12 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: int, sample_num: int,
-           cache: Path) -> dict:
+           cache: Path, overrides: list[str] | None = None) -> dict:
     model, config = load_model(checkpoint)
+    if overrides:
+        if any(o.split("=", 1)[0].strip().startswith("model.") for o in overrides):
+            raise SystemExit("export: --set cannot change model.* (the weights define the model)")
+        config = apply_overrides(config, overrides)
     if config.model.text.name != "minilm" or not config.model.text.freeze:
         print(f"warning: the text encoder is {config.model.text.name!r} (freeze={config.model.text.freeze}); "
               "the shipped model expects the frozen offline MiniLM", file=sys.stderr)
@@ -67,6 +75,8 @@ def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: 
         run_val = {}
         if state_file.is_file():
             run_val = torch.load(state_file, weights_only=True, map_location="cpu").get("val_metrics", {})
+        elif (checkpoint / RECORD_FILE).is_file():  # re-exporting an exported folder keeps its run's record
+            run_val = json.loads((checkpoint / RECORD_FILE).read_text()).get("run_val", {})
         record = {"sample": {"seed": sample_seed, "split": "val", "num": sample_num, **sample},
                   "run_val": run_val, "checkpoint": str(checkpoint), "dtype": dtype,
                   "size_mb": round(size_mb, 2), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -89,9 +99,12 @@ def main() -> None:
     parser.add_argument("--sample-seed", type=int, default=1234, help="SynthRef seed of the recorded val sample")
     parser.add_argument("--sample-num", type=int, default=200, help="expressions in the recorded val sample")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "lgrnet-export-sample")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a data/train setting of the written config.yaml")
     args = parser.parse_args()
     checkpoint = Path(resolve_model_folder(str(args.run))) if args.run else args.checkpoint
-    record = export(checkpoint, args.out, args.dtype, args.max_mb, args.sample_seed, args.sample_num, args.cache)
+    record = export(checkpoint, args.out, args.dtype, args.max_mb, args.sample_seed, args.sample_num, args.cache,
+                    args.overrides)
     print(f"exported {checkpoint} -> {args.out} ({record['size_mb']} MB, {args.dtype}); val sample "
           f"(seed {args.sample_seed}, {args.sample_num}) Acc@0.5 {record['sample']['acc@0.5']:.2f}")
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lgrnet.cli import main
-from lgrnet.config import tiny_twin
+from lgrnet.config import load_config, tiny_twin
 from lgrnet.quickstart import (
     EVAL_SPLITS,
     SHIPPED_MODEL_DIR,
@@ -231,6 +231,20 @@ def test_export_writes_a_small_fp16_folder_that_reproduces_its_record(work, scra
     assert "torch.float16" in dtypes and "torch.float32" not in dtypes
     measured, recorded, num = check_recorded(out, work["cache"])
     assert num == NUM_EVAL and measured == recorded
+    # Re-exporting an exported folder with other training settings: same weights, the run's record kept.
+    record_file = out / "metrics.json"
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "run_val": {"acc50": 12.5}}))
+    again = work["root"] / "exported-again"
+    export.export(out, again, "fp16", 20.0, 5, NUM_EVAL, work["cache"], ["train.batch_size=3", "data.num_workers=0"])
+    config = load_config(again / "config.yaml")
+    assert (config.train.batch_size, config.data.num_workers) == (3, 0)
+    assert json.loads((again / "metrics.json").read_text())["run_val"] == {"acc50": 12.5}
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(out / "model.safetensors")), load_file(str(again / "model.safetensors"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    with pytest.raises(SystemExit, match="cannot change model"):
+        export.export(out, work["root"] / "x", "fp16", 20.0, 5, NUM_EVAL, work["cache"], ["model.num_layers=9"])
     # Over the size limit: refused, nothing left behind.
     with pytest.raises(SystemExit, match="over the 0.001 MB limit"):
         export.export(scratch["out"] / "model", work["root"] / "too-big", "fp16", 0.001, 5, NUM_EVAL, work["cache"])
