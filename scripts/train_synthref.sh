@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproducible training recipe of the shipped SynthRef model (docs/synthref.md):
+# Reproducible training recipe of the CPU SynthRef model (docs/synthref.md, steps 1-5), which the shipped model
+# continues with two GPU stages (scripts/train_synthref_gpu.sh) and one more CPU stage (docs/synthref.md, steps
+# 6-8). Step 4 below writes the CPU model into src/lgrnet/weights/synthref-tiny/, where the GPU stages start from it.
 #   1. SynthRef 60k (train 60000, val/testA/testB 1000 each; reused when already generated with these settings),
 #   2. pre-training of the slim ResNet backbone on the train scenes' object annotations (dense colour/shape/size
 #      labels; the SynthRef analogue of the reference's detection-pretrained backbone),
