@@ -14,7 +14,7 @@ data/synthref-60k/images-128/.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import multiprocessing as mp
 import os
 import sys
@@ -22,15 +22,16 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from lgrnet.data.readers import read_jsonl, write_jsonl
 from lgrnet.errors import DataError
 
 
-def shrink_one(task: tuple[str, str, str, int]) -> tuple[str, str, float, float]:
-    """(root, image, out_image, max_side) -> (image, path written into the JSONL, x and y scale of its boxes)."""
-    root, image, out_image, max_side = task
-    source = Path(image) if Path(image).is_absolute() else Path(root) / image
+def shrink_one(task: tuple[str, str, int]) -> tuple[str, str, float, float]:
+    """(image, out_image, max_side), absolute paths -> (image, image the record now points at, x and y scale of
+    its boxes)."""
+    image, out_image, max_side = task
     try:
-        with Image.open(source) as im:
+        with Image.open(image) as im:
             width, height = im.size
             scale = max_side / max(width, height)
             if scale >= 1.0:
@@ -38,48 +39,43 @@ def shrink_one(task: tuple[str, str, str, int]) -> tuple[str, str, float, float]
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = im.convert("RGB").resize(size, Image.Resampling.BILINEAR)
     except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"{source}: cannot read image ({exc})") from None
-    target = Path(root) / out_image
-    target.parent.mkdir(parents=True, exist_ok=True)
-    small.save(target, format="PNG", compress_level=1)
+        raise DataError(f"{image}: cannot read image ({exc})") from None
+    Path(out_image).parent.mkdir(parents=True, exist_ok=True)
+    small.save(out_image, format="PNG", compress_level=1)
     # Scale per axis from the rounded size, so that boxes stay aligned with the pixels actually written.
     return image, out_image, size[0] / width, size[1] / height
+
+
+def _shrunk_path(root: Path, image: str, max_side: int) -> str:
+    """Where an image's small copy goes: its path under ``root`` (or its absolute path) below images-<N>/."""
+    relative = Path(os.path.relpath(image, root))
+    if relative.parts and relative.parts[0] == "..":
+        relative = Path(*Path(image).parts[1:])
+    return str(root / f"images-{max_side}" / relative.with_suffix(".png"))
 
 
 def shrink_split(root: Path, split: str, max_side: int, out_split: str, workers: int) -> dict[str, int]:
     source = root / f"{split}.jsonl"
     if not source.is_file():
         raise DataError(f"{source}: no such split file")
-    records = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            image, box = record["image"], record["box"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{source}:{number}: not a record with 'image' and 'box' ({exc})") from None
-        if not isinstance(image, str) or not (isinstance(box, list) and len(box) == 4):
-            raise DataError(f"{source}:{number}: 'image' must be a path and 'box' [x1, y1, x2, y2]")
-        records.append(record)
-    folder = f"images-{max_side}"
-    images = sorted({r["image"] for r in records})
-    tasks = [(str(root), image, f"{folder}/{Path(image).with_suffix('.png').as_posix().lstrip('/')}", max_side)
-             for image in images]
+    records = read_jsonl(source)  # malformed lines: a DataError naming file and line
+    root = root.resolve()
+    tasks = [(image, _shrunk_path(root, image, max_side), max_side) for image in sorted({r.image for r in records})]
     if workers > 1 and len(tasks) > 1:
         with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
             results = pool.map(shrink_one, tasks, chunksize=64)
     else:
         results = [shrink_one(t) for t in tasks]
     written = {image: (path, sx, sy) for image, path, sx, sy in results}
+    shrunk = []
+    for record in records:
+        path, sx, sy = written[record.image]
+        x1, y1, x2, y2 = record.box
+        shrunk.append(dataclasses.replace(record, image=path, box=(x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
     tmp = root / f".{out_split}.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as out:
-        for record in records:
-            path, sx, sy = written[record["image"]]
-            x1, y1, x2, y2 = record["box"]
-            out.write(json.dumps({**record, "image": path, "box": [x1 * sx, y1 * sy, x2 * sx, y2 * sy]}) + "\n")
+    write_jsonl(shrunk, tmp, extra=True)  # SynthRef's query and target stay with their records
     tmp.replace(root / f"{out_split}.jsonl")
-    return {"records": len(records), "images": len(images), "shrunk": sum(sx < 1.0 for _, sx, _ in written.values())}
+    return {"records": len(records), "images": len(tasks), "shrunk": sum(sx < 1.0 for _, sx, _ in written.values())}
 
 
 def main(argv: list[str] | None = None) -> int:

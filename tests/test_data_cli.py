@@ -117,7 +117,7 @@ def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
     big.paste((255, 0, 0), (60, 40, 150, 120))  # the red box [60, 40, 150, 120)
     big.save(tmp_path / "img" / "big.jpg", quality=95)
     Image.new("RGB", (100, 50), "blue").save(tmp_path / "img" / "small.png")
-    rows = [{"image": "img/big.jpg", "expression": "the red box", "box": [60, 40, 150, 120]},
+    rows = [{"image": "img/big.jpg", "expression": "the red box", "box": [60, 40, 150, 120], "target": 3},
             {"image": "img/small.png", "expression": "everything", "box": [0, 0, 100, 50]}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     script = Path(__file__).resolve().parents[1] / "scripts" / "shrink_images.py"
@@ -138,6 +138,7 @@ def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
     assert red.sum() > 0.8 * (x2 - x1) * (y2 - y1)
     assert shrunk[1].box == (0, 0, 100, 50) and Path(shrunk[1].image).name == "small.png"  # small enough: kept
     assert (tmp_path / "train.jsonl").read_text().count("img/big.jpg") == 1  # the source split is untouched
+    assert json.loads((tmp_path / "train-128.jsonl").read_text().splitlines()[0])["target"] == 3  # extras kept
 
     shrink = _script_module(script)
     assert shrink.main([str(tmp_path), "--split", "nope"]) == 2

@@ -17,6 +17,7 @@ from lgrnet.data.records import Record
 from lgrnet.errors import DataError
 
 REQUIRED_KEYS = ("image", "expression", "box")
+_SOURCE_KEYS = ("format", "file", "line")  # what the reader itself puts in Record.source beside a line's extras
 
 
 def read_jsonl(path: str | Path, split: str | None = None) -> list[Record]:
@@ -79,25 +80,31 @@ def _parse_line(line: str, path: Path, lineno: int, base: str) -> Record:
     )
 
 
-def record_to_json(record: Record, relative_to: str | Path | None = None) -> dict:
-    """One JSONL object for ``record``; the image path is made relative to ``relative_to`` when given."""
+def record_to_json(record: Record, relative_to: str | Path | None = None, extra: bool = False) -> dict:
+    """One JSONL object for ``record``; the image path is made relative to ``relative_to`` when given. With
+    ``extra``, the keys a JSONL line had beyond the format's own (SynthRef's ``query``, ``target``) come back too."""
     image = record.image
     if relative_to is not None:
         image = os.path.relpath(os.path.abspath(image), os.path.abspath(relative_to))
-    obj = {"image": image, "expression": record.expression, "box": [round(v, 4) for v in record.box],
-           "id": record.id}
+    obj = {}
+    if extra and record.source.get("format") == "jsonl":
+        obj = {k: v for k, v in record.source.items() if k not in _SOURCE_KEYS}
+    obj |= {"image": image, "expression": record.expression, "box": [round(v, 4) for v in record.box],
+            "id": record.id}
     if record.split:
         obj["split"] = record.split
     return obj
 
 
-def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
-    """Write records as JSONL with image paths relative to the output file's folder; returns the count."""
+def write_jsonl(records: Iterable[Record], path: str | Path, extra: bool = False) -> int:
+    """Write records as JSONL with image paths relative to the output file's folder; returns the count.
+    ``extra``: see :func:`record_to_json`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record_to_json(record, relative_to=path.parent), ensure_ascii=False) + "\n")
+            obj = record_to_json(record, relative_to=path.parent, extra=extra)
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
             count += 1
     return count
