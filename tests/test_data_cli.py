@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from script_helpers import load_script
 
 from lgrnet.cli import main
 from lgrnet.data.readers import read_jsonl, read_refer, read_transvg
@@ -140,15 +141,7 @@ def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
     assert (tmp_path / "train.jsonl").read_text().count("img/big.jpg") == 1  # the source split is untouched
     assert json.loads((tmp_path / "train-128.jsonl").read_text().splitlines()[0])["target"] == 3  # extras kept
 
-    shrink = _script_module(script)
+    shrink = load_script("shrink_images")
     assert shrink.main([str(tmp_path), "--split", "nope"]) == 2
     assert "nope.jsonl: no such split file" in capsys.readouterr().err
 
-
-def _script_module(path: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

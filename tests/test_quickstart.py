@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from script_helpers import load_script
 
 from lgrnet.cli import main
 from lgrnet.config import load_config, tiny_twin
@@ -150,18 +151,8 @@ def test_shipped_model_reproduces_recorded_val_accuracy(tmp_path):
     assert abs(measured - recorded) <= 100.0 / num + 1e-6
 
 
-def _script(name: str):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_learning_curve_from_metrics_log(tmp_path):
-    lc = _script("learning_curve")
+    lc = load_script("learning_curve")
     (tmp_path / "config.yaml").write_text("train:\n  batch_size: 32\n  accumulation_steps: 2\n")
     t = 1000.0
     lines = [{"kind": "train", "step": 10, "time": t + 60, "loss": 3.0},
@@ -182,7 +173,7 @@ def test_learning_curve_from_metrics_log(tmp_path):
 
 
 def test_learning_curve_stitches_runs_that_continue_one_another(tmp_path):
-    lc = _script("learning_curve")
+    lc = load_script("learning_curve")
     first, second = tmp_path / "first", tmp_path / "second"
     for run, acc in ((first, (10.0, 30.0, 31.0)), (second, (25.0, 50.0, 0.0))):
         run.mkdir()
@@ -218,7 +209,7 @@ def test_synthref_tiny_config_is_lgrnet_tiny_on_synthref():
 
 
 def test_export_writes_a_small_fp16_folder_that_reproduces_its_record(work, scratch):
-    export = _script("export_shipped_model")
+    export = load_script("export_shipped_model")
     out = work["root"] / "exported"
     record = export.export(scratch["out"] / "model", out, "fp16", 20.0, sample_seed=5, sample_num=NUM_EVAL,
                            cache=work["cache"])
@@ -264,7 +255,7 @@ def test_backbone_pretraining_writes_a_checkpoint_the_visual_extractor_loads(tmp
 
     data = tmp_path / "synth"
     ensure_synthref(data, seed=3, num_train=12, num_val=3, num_test=3, workers=1)
-    pretrain = _script("pretrain_synth_backbone")
+    pretrain = load_script("pretrain_synth_backbone")
     cells = pretrain.SceneCells(data, "train", 128, [8, 16], train=False)
     _, labels = cells[0]
     colour = labels["color"][0]
@@ -291,7 +282,7 @@ def test_backbone_pretraining_writes_a_checkpoint_the_visual_extractor_loads(tmp
 
 def test_grounding_check_reports_image_and_text_sensitivity(scratch):
     """scripts/grounding_check.py on the quickstart's model folder (its data config points at the cached set)."""
-    check = _script("grounding_check")
+    check = load_script("grounding_check")
     report = check.grounding_check(str(scratch["out"] / "model"), split="val", num=NUM_EVAL)
     assert report["samples"] == NUM_EVAL
     # A random tiny model still reacts to both inputs a little; the two figures are distinct measurements.
@@ -329,7 +320,7 @@ def test_transfer_weights_copies_what_fits_and_can_repeat_trained_layers(tmp_pat
     from lgrnet.model.io import save_model
     from lgrnet.model.lgrnet import LGRNet
 
-    transfer = _script("transfer_weights")
+    transfer = load_script("transfer_weights")
     config = apply_overrides(tiny_twin("lgrnet-tiny"), ["model.num_layers=2"])
     (tmp_path / "tiny.yaml").write_text(config.to_yaml())
     save_model(LGRNet(config.model, config.loss), config, tmp_path / "trained")

