@@ -11,7 +11,8 @@
 # cores), 3. the three runs in parallel, 4. each run's best checkpoint exported as a shipped-model folder (fp16),
 # packed with its metrics log into RESULTS/<run>.tar (split into 15 MB parts when larger).
 # Environment: PY (python3), DATA (data/synthref-gpu), RUNS_DIR (runs/gpu), RESULTS (RUNS_DIR/results), RUNS (which
-# runs: "cont wide wide-hi"), INIT (the folder cont starts from: the shipped model), CONT_LR / CONT_LR_VISUAL (its
+# runs: "cont wide wide-hi"), INIT (the folder cont starts from: the shipped model; CONT_WIDE=1 when INIT is a
+# wide run's export), CONT_LR / CONT_LR_VISUAL (its
 # peak rates, 5e-4 / 2e-4), TOTAL_SECONDS (540: the whole script's budget, training gets what the other steps
 # leave), NUM_TRAIN (120000), WORKERS (data workers per run, 4), BATCH (128), DEVICE (cuda), PRECISION (bf16),
 # EXPORT_RESERVE (75 s kept for step 4). A dry run on a CPU:
@@ -36,6 +37,8 @@ CONT_LR=${CONT_LR:-0.0005}
 CONT_LR_VISUAL=${CONT_LR_VISUAL:-0.0002}
 EXPORT_RESERVE=${EXPORT_RESERVE:-75}
 WIDE=(--set model.num_layers=6 --set model.hidden_dim=256 --set model.ffn_dim=1024 --set model.num_heads=8)
+CONT_SIZE=()  # cont continues a wide model (INIT from a wide run) when CONT_WIDE=1
+[ "${CONT_WIDE:-0}" = 1 ] && CONT_SIZE=("${WIDE[@]}")
 mkdir -p "$RUNS_DIR" "$RESULTS"
 elapsed() { echo $(( $(date +%s) - START )); }
 
@@ -68,7 +71,7 @@ run() {  # NAME [--set ...]: start the run unless RUNS leaves it out
     "$PY" -m lgrnet.cli train "${COMMON[@]}" --output-dir "$RUNS_DIR/$name" "$@" >"$RUNS_DIR/$name.log" 2>&1 &
     PIDS[$name]=$!
 }
-run cont --set "train.init_from=\"$INIT\"" --set train.seed=21 --set train.lr="$CONT_LR" \
+run cont ${CONT_SIZE[@]+"${CONT_SIZE[@]}"} --set "train.init_from=\"$INIT\"" --set train.seed=21 --set train.lr="$CONT_LR" \
     --set train.lr_visual="$CONT_LR_VISUAL" --set train.lr_neck_lateral="$CONT_LR" --set train.lr_qda="$CONT_LR"
 run wide "${WIDE[@]}" --set "train.init_from=\"$RUNS_DIR/init-wide\"" --set train.seed=22 \
     --set train.lr=0.0005 --set train.lr_visual=0.0002 --set train.lr_neck_lateral=0.0005 --set train.lr_qda=0.0005
