@@ -15,8 +15,8 @@ def test_tiny_twin_output_shapes(preset):
     model, cfg = build(preset)
     n, b = cfg.model.num_layers, 3
     out = model(**make_inputs(cfg.model, batch=b), output_attentions=True)
-    s, stride = cfg.model.image_size, model.visual.out_stride  # 32 for 4-stage backbones, 16 for lgrnet-tiny's
-    assert stride == (16 if preset == "lgrnet-tiny" else 32)
+    s, stride = cfg.model.image_size, model.visual.out_stride  # 32 for 4-stage backbones, 16 for the 3-stage ones
+    assert stride == (16 if preset in ("lgrnet-tiny", "lgrnet-small") else 32)
     nv = (s // stride) ** 2 + (s // (2 * stride)) ** 2
     assert isinstance(out, LGRNetOutput)
     assert out.pred_boxes.shape == (b, 4)
