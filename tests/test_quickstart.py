@@ -198,14 +198,31 @@ def test_learning_curve_stitches_runs_that_continue_one_another(tmp_path):
         lc.stitched_curve([f"{first}:15", str(second)])
 
 
-def test_synthref_tiny_config_is_lgrnet_tiny_on_synthref():
+@pytest.mark.parametrize("name, preset", [("synthref-tiny", "lgrnet-tiny"), ("synthref-small", "lgrnet-small")])
+def test_synthref_configs_are_their_presets_on_synthref(name, preset):
     from lgrnet.config import load_config
 
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthref-tiny.yaml")
-    tiny = load_config("lgrnet-tiny")
-    assert config.data.format == "synth" and config.name == "synthref-tiny"
-    assert config.model == tiny.model  # the shipped architecture is the preset's (what --from-scratch trains)
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert config.data.format == "synth" and config.name == name
+    assert config.model == load_config(preset).model  # the architecture is the preset's, sizes included
     assert config.model.text.name == "minilm" and config.model.text.freeze and not config.model.text.save_weights
+
+
+def test_lgrnet_small_widens_only_the_reasoning_stack():
+    from lgrnet.config import load_config
+
+    tiny, small = load_config("lgrnet-tiny").model, load_config("lgrnet-small").model
+    assert (small.num_layers, small.hidden_dim, small.num_heads, small.ffn_dim) == (6, 256, 8, 1024)
+    assert (small.text, small.visual, small.image_size) == (tiny.text, tiny.visual, tiny.image_size)
+
+
+@pytest.mark.skipif(not has_model(SHIPPED_MODEL_DIR), reason="no shipped model in this build")
+def test_shipped_model_is_the_synthref_small_architecture():
+    from lgrnet.config import load_config
+
+    shipped = load_config(SHIPPED_MODEL_DIR / "config.yaml")
+    assert shipped.name == "synthref-small" and shipped.model == load_config("lgrnet-small").model
+    assert sum(f.stat().st_size for f in SHIPPED_MODEL_DIR.glob("*.safetensors")) <= 20_000_000
 
 
 def test_export_writes_a_small_fp16_folder_that_reproduces_its_record(work, scratch):
