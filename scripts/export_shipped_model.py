@@ -5,8 +5,8 @@ The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``,
 
 * the text encoder's weights are left out (the frozen offline MiniLM is loaded from its package at run time);
 * floating-point tensors are stored in fp16 by default (``lgrnet-tiny`` without MiniLM is 4.7 M parameters:
-  18.8 MB in fp32, 9.0 MB in fp16, which leaves room under the 20 MB limit for wider models; loading casts them
-  back to the model's fp32);
+  18.8 MB in fp32, 9.0 MB in fp16; the shipped ``lgrnet-small`` is 9.5 M, 18.2 MB in fp16, under the 20 MB limit;
+  loading casts them back to the model's fp32);
 * ``metrics.json`` records the run's val metrics and the Acc@0.5 of the *exported* weights on a fixed SynthRef
   val sample, which ``tests/test_quickstart.py`` checks the shipped model reproduces.
 
