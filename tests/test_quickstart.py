@@ -200,8 +200,6 @@ def test_learning_curve_stitches_runs_that_continue_one_another(tmp_path):
 
 @pytest.mark.parametrize("name, preset", [("synthref-tiny", "lgrnet-tiny"), ("synthref-small", "lgrnet-small")])
 def test_synthref_configs_are_their_presets_on_synthref(name, preset):
-    from lgrnet.config import load_config
-
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert config.data.format == "synth" and config.name == name
     assert config.model == load_config(preset).model  # the architecture is the preset's, sizes included
@@ -209,8 +207,6 @@ def test_synthref_configs_are_their_presets_on_synthref(name, preset):
 
 
 def test_lgrnet_small_widens_only_the_reasoning_stack():
-    from lgrnet.config import load_config
-
     tiny, small = load_config("lgrnet-tiny").model, load_config("lgrnet-small").model
     assert (small.num_layers, small.hidden_dim, small.num_heads, small.ffn_dim) == (6, 256, 8, 1024)
     assert (small.text, small.visual, small.image_size) == (tiny.text, tiny.visual, tiny.image_size)
@@ -218,8 +214,6 @@ def test_lgrnet_small_widens_only_the_reasoning_stack():
 
 @pytest.mark.skipif(not has_model(SHIPPED_MODEL_DIR), reason="no shipped model in this build")
 def test_shipped_model_is_the_synthref_small_architecture():
-    from lgrnet.config import load_config
-
     shipped = load_config(SHIPPED_MODEL_DIR / "config.yaml")
     assert shipped.name == "synthref-small" and shipped.model == load_config("lgrnet-small").model
     assert sum(f.stat().st_size for f in SHIPPED_MODEL_DIR.glob("*.safetensors")) <= 20_000_000
@@ -265,7 +259,6 @@ def test_backbone_pretraining_writes_a_checkpoint_the_visual_extractor_loads(tmp
     tensor used and nothing unexpected."""
     import torch
 
-    from lgrnet.config import load_config
     from lgrnet.model.checkpoints import load_visual_checkpoint
     from lgrnet.model.visual import VisualExtractor
     from lgrnet.synth import ensure_synthref
@@ -312,7 +305,6 @@ def test_fine_tuning_a_trained_model_continues_at_its_final_learning_rate(tmp_pa
     """A shipped (trained) start model is fine-tuned at the rate its recipe ended with (lr x gamma per drop, or
     x min_lr_ratio after a cosine decay); a fresh model trains at the config's rates. Neither run changes the rate
     within the short budget."""
-    from lgrnet.config import load_config
     from lgrnet.quickstart import QuickstartOptions, training_config
 
     base = load_config(tiny_twin("lgrnet-tiny"), ["train.lr=5e-4", "train.lr_visual=2e-4",
