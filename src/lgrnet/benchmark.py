@@ -56,7 +56,7 @@ class BenchmarkSettings:
     train: bool = False
     train_batch_size: int | None = None  # default: the largest inference batch size
     image_size: int | None = None  # default: the config's model.image_size
-    text_length: int = 40
+    text_length: int | None = None  # tokens per expression; default: the config's model.text.max_length
     # Real tokens per expression ([CLS] ... [SEP]); the rest is padding, as in a collated RefCOCO batch.
     real_tokens: int = 12
     warmup: int = 3
@@ -208,7 +208,7 @@ def make_inputs(config: Config, batch_size: int, settings: BenchmarkSettings, de
                 vocab_size: int = 30522) -> dict[str, torch.Tensor]:
     """Random model inputs shaped like a collated batch: images, pad mask, token ids + mask, target boxes."""
     size = config.model.image_size
-    length = settings.text_length
+    length = resolve_text_length(config, settings.text_length)
     real = max(2, min(settings.real_tokens, length))
     gen = torch.Generator().manual_seed(settings.seed)
     input_ids = torch.randint(1000, vocab_size, (batch_size, length), generator=gen)
@@ -229,6 +229,18 @@ def make_inputs(config: Config, batch_size: int, settings: BenchmarkSettings, de
         "target_boxes": torch.cat([centre, extent], dim=1),
     }
     return {k: v.to(device) for k, v in inputs.items()}
+
+
+def resolve_text_length(config: Config, text_length: int | None) -> int:
+    """Tokens per expression: ``text_length`` if given (at most the model's ``text.max_length``, which its
+    position table is sized for), else ``text.max_length`` itself, the padded length of a collated batch."""
+    max_length = int(config.model.text.max_length)
+    if text_length is None:
+        return max_length
+    if not 2 <= text_length <= max_length:
+        raise LGRNetError(f"--text-length {text_length}: must be between 2 ([CLS] and [SEP]) and the model's "
+                          f"model.text.max_length={max_length}")
+    return int(text_length)
 
 
 def _inference_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -594,6 +606,8 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
         raise LGRNetError("benchmark: --repeats must be >= 1 and --warmup >= 0")
     torch.manual_seed(settings.seed)
     config = benchmark_config(config, settings.image_size)
+    # Checked before any model is built; the report records the length used.
+    settings = dataclasses.replace(settings, text_length=resolve_text_length(config, settings.text_length))
     report = BenchmarkReport(config_name=config.name, image_size=config.model.image_size, settings=settings,
                              environment=environment(device), models={})
 
@@ -753,6 +767,7 @@ def format_table(report: BenchmarkReport) -> str:
     s = report.settings
     head = (f"{report.config_name} | {report.environment.get('gpu') or report.environment['cpu']} | "
             f"{s.precision}{' compiled' if s.compile else ''} | image {report.image_size} | "
+            f"{'text ' + str(s.text_length) + ' tokens | ' if s.text_length else ''}"
             f"torch {report.environment['torch']}")
     columns = ["model", "mode", "batch", "params(M)", "GFLOPs", "GMACs", "p50 ms", "p90 ms", "cpu ms", "img/s",
                "peak MiB", "train/s", "train MiB"]

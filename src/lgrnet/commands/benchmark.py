@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", action="store_true", help="also time AdamW training steps")
     p.add_argument("--train-batch-size", type=int, help="training batch (default: largest --batch-sizes)")
     p.add_argument("--image-size", type=int, help="square input size (default: the config's model.image_size)")
+    p.add_argument("--text-length", type=int,
+                   help="tokens per expression, padding included (default: the config's model.text.max_length)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=20, help="timed inference calls (default: %(default)s)")
     p.add_argument("--train-repeats", type=int, default=10, help="timed training steps (default: %(default)s)")
@@ -66,11 +68,15 @@ def handler(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.json is not None:
+        from lgrnet.output_paths import check_output_file
+
+        check_output_file(args.json, "--json")
     config = load_config(args.config or args.preset, args.overrides)
     settings = BenchmarkSettings(
         device=args.device, batch_sizes=args.batch_sizes, precision=args.precision, compile=args.compile,
         cuda_graphs=args.cuda_graphs, train=args.train, train_batch_size=args.train_batch_size,
-        image_size=args.image_size, warmup=args.warmup, repeats=args.repeats, train_repeats=args.train_repeats,
+        image_size=args.image_size, text_length=args.text_length, warmup=args.warmup, repeats=args.repeats, train_repeats=args.train_repeats,
         flops=not args.no_flops, include_full=not args.floor_only, data_rate_per_worker=args.data_rate,
         measure_data=args.measure_data, breakdown=args.breakdown,
     )
