@@ -59,9 +59,55 @@ def test_argument_errors_are_one_line(checkpoint, capsys, extra, message):
     assert len(err) == 1 and err[0].startswith("lgrnet predict: error:") and message in err[0]
 
 
-def test_missing_checkpoint(tmp_path, capsys):
-    assert main(["predict", "--checkpoint", str(tmp_path / "nope"), "--image", "a.png", "--text", "a"]) == 2
+def test_missing_checkpoint(images, tmp_path, capsys):
+    args = ["predict", "--checkpoint", str(tmp_path / "nope"), "--image", str(images / "a.png"), "--text", "a"]
+    assert main(args) == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, fmt, magic", [("o.jpg", "JPEG", b"\xff\xd8\xff"), ("o.JPEG", "JPEG", b"\xff\xd8\xff"),
+                                              ("o.png", "PNG", b"\x89PNG")])
+def test_out_is_the_original_size_in_the_suffix_format(checkpoint, images, tmp_path, capsys, name, fmt, magic):
+    out = tmp_path / name
+    args = ["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "the blue thing",
+            "--json", "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert out.read_bytes()[: len(magic)] == magic
+    overlay = Image.open(out)
+    assert overlay.format == fmt and overlay.size == (80, 50)  # a.png is 80 x 50: not shrunk, no caption band
+    # The red box outline is drawn at the printed pixel coordinates (clamped to the image).
+    x1, y1, x2, y2 = record["box_xyxy"]
+    column, row = min(round(x1), 79), min(round((y1 + y2) / 2), 49)
+    red, green, blue = overlay.convert("RGB").getpixel((column, row))
+    assert red > 180 and green < 90 and blue < 90  # PRED_COLOR (230, 40, 40), JPEG-blurred at most a little
+
+
+@pytest.mark.parametrize("name", ["o.gif", "o.webp", "overlay"])
+def test_unknown_out_suffix_is_rejected_before_the_model_loads(images, tmp_path, capsys, name):
+    # A checkpoint that does not exist: the suffix error must come first, so nothing was loaded.
+    args = ["predict", "--checkpoint", str(tmp_path / "never-loaded"), "--image", str(images / "a.png"),
+            "--text", "a", "--out", str(tmp_path / name)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lgrnet predict: error: --out ") and name in err[0]
+    assert "never-loaded" not in err[0] and not (tmp_path / name).exists()
+
+
+def test_precision_and_its_old_name(checkpoint, images, capsys):
+    base = ["predict", "--checkpoint", str(checkpoint), "--image", str(images / "a.png"), "--text", "a", "--json"]
+    boxes = {}
+    for extra in (["--precision", "bf16"], ["--dtype", "bf16"], ["--precision", "off"], []):
+        assert main(base + extra) == 0
+        captured = capsys.readouterr()
+        boxes[" ".join(extra)] = json.loads(captured.out)["box_xyxy"]
+        assert ("is now --precision" in captured.err) == (extra[:1] == ["--dtype"])
+    assert boxes["--precision bf16"] == boxes["--dtype bf16"]  # the same autocast
+    assert boxes["--precision off"] == boxes[""]  # off = fp32
+    from lgrnet.cli import build_parser
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
+    assert "--precision" in help_text and "--dtype" not in help_text
 
 
 def test_jsonl_skips_bad_lines_and_writes_the_rest(checkpoint, images, tmp_path, capsys):

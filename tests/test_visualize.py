@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lgrnet.errors import LGRNetError
 from lgrnet.inference.attention import (
     Letterbox,
     attention_on_image,
@@ -21,6 +22,7 @@ from lgrnet.inference.visualize import (
     colormap,
     draw_prediction,
     render_figure,
+    save_image,
     save_png,
 )
 
@@ -132,6 +134,32 @@ def test_render_figure_with_attention_and_png(tmp_path):
     path = save_png(full, tmp_path / "sub" / "figure.png")
     again = Image.open(path)
     assert again.format == "PNG" and again.size == full.size
+
+
+@pytest.mark.parametrize("name, fmt, magic", [("a.png", "PNG", b"\x89PNG\r\n"), ("b.jpg", "JPEG", b"\xff\xd8\xff"),
+                                              ("c.JPEG", "JPEG", b"\xff\xd8\xff")])
+def test_save_image_writes_the_format_its_suffix_names(tmp_path, name, fmt, magic):
+    image = Image.new("RGB", (30, 20), PRED_COLOR)
+    path = save_image(image, tmp_path / "sub" / name)
+    assert path.read_bytes()[: len(magic)] == magic
+    again = Image.open(path)
+    assert again.format == fmt and again.size == (30, 20)
+    assert max(abs(a - b) for a, b in zip(again.convert("RGB").getpixel((15, 10)), PRED_COLOR)) <= 3
+
+
+@pytest.mark.parametrize("name", ["x.gif", "x.webp", "x"])
+def test_save_image_rejects_other_suffixes(tmp_path, name):
+    with pytest.raises(LGRNetError, match="unknown image suffix"):
+        save_image(Image.new("RGB", (4, 4)), tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
+def test_draw_prediction_keeps_the_image_size():
+    image = Image.new("RGB", (640, 480), (200, 200, 200))
+    p = _prediction(640, 480, box=(100.0, 50.0, 300.0, 200.0), coord_xy=(200.0, 125.0))
+    assert draw_prediction(image, p, caption=False).size == (640, 480)
+    captioned = draw_prediction(image, p)
+    assert captioned.width == 640 and captioned.height > 480  # the caption band goes under the full-size image
 
 
 def test_captions_with_any_text():

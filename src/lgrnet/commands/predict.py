@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     single = parser.add_argument_group("one image")
     single.add_argument("--image", help="image file")
     single.add_argument("--text", help="the referring expression")
-    single.add_argument("--out", help="write a PNG with the box, the coordinate point (and attention with --attention)")
+    single.add_argument("--out", metavar="IMAGE.png|.jpg",
+                        help="write the image at its own size with the box and the coordinate point (PNG or JPEG, "
+                             "by suffix); with --attention a figure of 320 px high tiles with the heat maps")
     single.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
     single.add_argument("--gt", metavar="X1,Y1,X2,Y2", help="ground-truth box in image pixels, drawn in --out")
     single.add_argument("--attention", action="store_true",
@@ -44,10 +46,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many.add_argument("--input", help="JSONL file of {\"image\": ..., \"expression\": ...} requests")
     many.add_argument("--output", help="JSONL file to write the predictions to")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    add_precision_argument(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (JSONL mode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (JSONL mode)")
     parser.set_defaults(func=run)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _precision(text: str) -> str:
+    return "fp32" if text == "off" else text  # "off" (no autocast) is fp32, as in `lgrnet eval`
+
+
+class _DeprecatedDtype(argparse.Action):
+    """``--dtype``: the old name of ``--precision``; still works, with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: note: {option_string} is now --precision", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision {fp32,bf16,fp16}`` (autocast; "off" = fp32), with ``--dtype`` as a hidden old name."""
+    parser.add_argument("--precision", default="fp32", type=_precision, choices=PRECISIONS,
+                        help="fp32, or bf16/fp16 autocast (default fp32)")
+    parser.add_argument("--dtype", dest="precision", type=_precision, choices=PRECISIONS, action=_DeprecatedDtype,
+                        help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,27 +88,50 @@ def run(args: argparse.Namespace) -> int:
         raise LGRNetError(f"--batch-size must be at least 1, got {args.batch_size}")
     gt = _parse_box(args.gt) if args.gt else None
     layers = _parse_layers(args.layers) if args.layers else None
-    if many and not Path(args.input).is_file():
-        raise DataError(f"--input {args.input}: no such file")
+    _check_paths(args, single)
 
     from lgrnet.inference.predictor import Predictor
 
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype,
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.precision,
                                           batch_size=args.batch_size)
     if single:
         return _run_single(predictor, args, gt, layers)
     return _run_many(predictor, Path(args.input), Path(args.output), args.batch_size, not args.no_progress)
 
 
+def _check_paths(args: argparse.Namespace, single: bool) -> None:
+    """Inputs exist and outputs can be written, before the model is loaded."""
+    from lgrnet.output_paths import check_output_file
+
+    if single:
+        if not Path(args.image).is_file():
+            raise DataError(f"--image {args.image}: no such file")
+        if args.out:
+            from lgrnet.inference.visualize import IMAGE_FORMATS
+
+            if Path(args.out).suffix.lower() not in IMAGE_FORMATS:
+                raise LGRNetError(f"--out {args.out}: unknown image suffix; use one of {', '.join(IMAGE_FORMATS)}")
+            check_output_file(args.out, "--out")
+    else:
+        if not Path(args.input).is_file():
+            raise DataError(f"--input {args.input}: no such file")
+        check_output_file(args.output, "--output")
+
+
 def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
+    num_layers = int(predictor.config.model.num_layers)
+    if layers is not None and max(layers) > num_layers:
+        raise LGRNetError(f"--layers {args.layers}: the model has {num_layers} layers")
     prediction = predictor.predict(args.image, args.text, attention=args.attention)
     if args.out:
-        from lgrnet.inference.visualize import render_figure, save_png
+        from lgrnet.inference.visualize import draw_prediction, render_figure, save_image
 
-        if layers is not None and prediction.num_layers and max(layers) > prediction.num_layers:
-            raise LGRNetError(f"--layers: the model has {prediction.num_layers} layers")
-        chosen = [v - 1 for v in layers] if layers is not None else None
-        save_png(render_figure(args.image, prediction, layers=chosen, ground_truth=gt), args.out)
+        if args.attention:
+            chosen = [v - 1 for v in layers] if layers is not None else None
+            picture = render_figure(args.image, prediction, layers=chosen, ground_truth=gt)
+        else:  # the image as it is, so that the box's pixel coordinates are the printed ones
+            picture = draw_prediction(args.image, prediction, ground_truth=gt, caption=False)
+        save_image(picture, args.out)
     record = {"image": args.image, **prediction.to_dict(attention=args.attention)}
     if args.out:
         record["overlay"] = args.out

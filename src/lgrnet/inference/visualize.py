@@ -6,7 +6,12 @@
   over the original image (token grids upsampled, letterbox undone; see :mod:`lgrnet.inference.attention`).
 * :func:`word_attention_panel`: the attention over the words of the expression, one row per layer: each word on a
   background whose strength is its weight, with a bar under it.
-* :func:`render_figure`: all of it in one PNG-ready image; :func:`save_png` writes it.
+* :func:`render_figure`: all of it in one image, the box overlay and heat maps as tiles ``tile_height`` px high
+  (320 by default): a figure for reading, not at the photo's resolution.
+* :func:`save_image` writes an image in the format its suffix names (PNG or JPEG); :func:`save_png` always PNG.
+
+:func:`draw_prediction` and :func:`attention_overlay` draw on the image at its own size, so the box's pixel
+coordinates are the prediction's ``box_xyxy``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from lgrnet.errors import LGRNetError
 from lgrnet.inference.images import ImageInput, as_rgb_image
 from lgrnet.inference.predictor import Prediction
 
@@ -260,8 +266,33 @@ def render_figure(
     return figure
 
 
+# File formats by suffix: what save_image writes (JPEG at a quality where the thin box lines stay crisp).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+JPEG_QUALITY = 95
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """PIL format name for ``path``'s suffix (``PNG`` or ``JPEG``); LGRNetError naming the path otherwise."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise LGRNetError(f"{path}: unknown image suffix {suffix or '(none)'!r}; use one of "
+                          f"{', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Write ``image`` in the format its suffix names (.png, .jpg/.jpeg; parent folders created)."""
+    path = Path(path)
+    fmt = image_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Full-resolution colour (no 4:2:0 subsampling): a thin red box line would otherwise bleed into its neighbours.
+    options = {"quality": JPEG_QUALITY, "subsampling": 0} if fmt == "JPEG" else {}
+    image.convert("RGB").save(path, format=fmt, **options)
+    return path
+
+
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG (parent folders created)."""
+    """Write a PNG whatever the suffix (parent folders created); :func:`save_image` follows the suffix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
