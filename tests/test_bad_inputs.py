@@ -154,3 +154,24 @@ def test_demo_handler_layer_choice(predictor, corpus):
     one, both = handler(path, "the square", [2]), handler(path, "the square", [1, 2])
     everything, nonsense = handler(path, "the square", None), handler(path, "the square", [7])
     assert one.attention.width < both.attention.width == everything.attention.width == nonsense.attention.width
+
+
+def test_demo_page_states_the_limits_it_enforces(corpus):
+    """The page tells the user both upload limits (10 MB and 40 Mpx) and the expression limit, and the handler
+    enforces the stated pixel limit (a smaller cap given to the page is the one stated and enforced)."""
+    from lgrnet.demo.app import MAX_PIXELS, MAX_UPLOAD_MB, page_intro
+
+    assert (MAX_UPLOAD_MB, MAX_PIXELS) == (10, 40_000_000)
+    intro = page_intro()
+    assert "10 MB" in intro and "40 megapixels" in intro and "200 characters" in intro
+    small = page_intro(max_chars=50, max_pixels=2_500_000)
+    assert "2.5 megapixels" in small and "50 characters" in small
+
+    class Unused:
+        max_length = 40
+
+    assert DemoHandler(Unused()).max_pixels == 40_000_000
+    # rgb.png is larger than 100 px: refused by a handler capped there, with the count in the message.
+    width, height = corpus["rgb.png"].size
+    message = DemoHandler(Unused(), max_pixels=100)(str(corpus["rgb.png"].path), "the square").message
+    assert f"{width * height:,} pixels" in message and "limit of 100" in message

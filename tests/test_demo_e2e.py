@@ -106,6 +106,8 @@ def test_demo_in_headless_chromium(server, browser, tmp_path):
     wait = WebDriverWait(browser, 120)
     # The preloaded SynthRef examples: clicking one fills the image and the expression.
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#examples [data-testid="dataset-cell-0-0"]'))[0].click()
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert "10 MB" in page and "40 megapixels" in page  # both upload limits the server enforces
     wait.until(lambda d: _value(d, "#expression textarea").strip())
     expression = _value(browser, "#expression textarea")
     browser.find_element(By.ID, "locate").click()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lgrnet.commands.predict import add_precision_argument
 from lgrnet.errors import LGRNetError
 
 
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -27,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise LGRNetError("the demo needs gradio: pip install 'lgrnet[demo]'") from None
+        raise LGRNetError("the demo needs gradio: pip install -e '.[demo]' in the lgrnet checkout") from None
     from lgrnet.demo.app import launch
     from lgrnet.inference.predictor import Predictor
 
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.precision)
     print(f"lgrnet demo: {args.checkpoint} ({predictor.config.name}); Ctrl-C stops the server", flush=True)
     try:
         launch(predictor, host=args.host, port=args.port)

@@ -153,6 +153,17 @@ def _undecoded_upload(component: Any) -> Any:
     return component
 
 
+def page_intro(max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXELS,
+               max_upload_mb: int = MAX_UPLOAD_MB) -> str:
+    """The page's heading and instructions, stating the limits the server enforces."""
+    return (
+        "# LGR-NET: ground a phrase in an image\n"
+        f"Upload an image (at most {max_upload_mb} MB and {max_pixels / 1e6:g} megapixels), type an expression "
+        f"that names one object (at most {max_chars} characters) and press **Locate**. Red: predicted box; yellow "
+        "dot: the model's predicted coordinate; heat maps: where the prediction token looks in each reasoning layer."
+    )
+
+
 def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
               max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXELS):
     """The Gradio Blocks app around a :class:`~lgrnet.inference.predictor.Predictor`."""
@@ -168,12 +179,7 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
         return out.overlay, out.attention, out.result, out.message
 
     with gr.Blocks(title="LGR-NET demo") as app:
-        gr.Markdown(
-            "# LGR-NET: ground a phrase in an image\n"
-            f"Upload an image (at most {MAX_UPLOAD_MB} MB), type an expression that names one object "
-            f"(at most {max_chars} characters) and press **Locate**. Red: predicted box; yellow dot: the "
-            "model's predicted coordinate; heat maps: where the prediction token looks in each reasoning layer."
-        )
+        gr.Markdown(page_intro(max_chars=max_chars, max_pixels=max_pixels))
         with gr.Row():
             with gr.Column(scale=1):
                 # "filepath" so that the handler decodes (and bomb-checks) the upload itself.
