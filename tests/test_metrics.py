@@ -78,13 +78,20 @@ def test_accumulator_percentages_and_spatial_split():
     assert m["orig_acc50_non_spatial"] == pytest.approx(100.0)
 
 
-def test_empty_groups_give_zero_not_nan():
+def test_empty_groups_give_no_figure_not_zero_or_nan():
     acc = MetricAccumulator()
     acc.update(torch.tensor([0.9]), torch.tensor([0.9]), [False])
     m = acc.compute()
-    assert m["acc50_spatial"] == 0.0 and m["acc50_non_spatial"] == 100.0
-    assert all(not math.isnan(v) for v in m.values())
-    assert MetricAccumulator().compute()["acc50"] == 0.0
+    # No spatial expression was seen: no spatial accuracy (None, JSON null), not a false 0%.
+    assert m["acc50_spatial"] is None and m["orig_acc50_spatial"] is None
+    assert m["acc50_non_spatial"] == 100.0 and m["orig_acc50_non_spatial"] == 100.0
+    assert all(not math.isnan(v) for v in m.values() if v is not None)
+    acc.update(torch.tensor([0.2]), torch.tensor([0.7]), [True])
+    m = acc.compute()
+    assert m["acc50_spatial"] == 0.0 and m["orig_acc50_spatial"] == 100.0  # now one spatial sample: a real 0%
+    empty = MetricAccumulator().compute()
+    assert empty["acc50"] == 0.0 and empty["count"] == 0
+    assert empty["acc50_spatial"] is None and empty["acc50_non_spatial"] is None
 
 
 class _FixedModel(torch.nn.Module):

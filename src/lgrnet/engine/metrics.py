@@ -77,26 +77,31 @@ class MetricAccumulator:
             self._add(f"{prefix}spatial_hit50", (hit & sp).sum())
             self._add(f"{prefix}non_spatial_hit50", (hit & ~sp).sum())
 
-    def compute(self, info: DistInfo | None = None) -> dict[str, float]:
-        """Metrics in percent (mIoU in percent too), summed over ranks first; NaN-free: empty groups give 0."""
+    def compute(self, info: DistInfo | None = None) -> dict[str, float | None]:
+        """Metrics in percent (mIoU in percent too), summed over ranks first; never NaN. The spatial and
+        non-spatial accuracies of a group without samples are None (no figure, rather than a false 0%); the
+        overall figures of an empty set are 0 with ``count`` 0."""
         sums = all_reduce_sum(self.sums, info) if info is not None else self.sums
         s = dict(zip(_FIELDS, sums.tolist()))
 
         def pct(num: float, den: float) -> float:
             return 100.0 * num / den if den > 0 else 0.0
 
+        def group_pct(num: float, den: float) -> float | None:
+            return 100.0 * num / den if den > 0 else None
+
         n = s["count"]
         return {
             "acc50": pct(s["hit50"], n),
             "acc75": pct(s["hit75"], n),
             "miou": pct(s["iou"], n),
-            "acc50_spatial": pct(s["spatial_hit50"], s["spatial_count"]),
-            "acc50_non_spatial": pct(s["non_spatial_hit50"], s["non_spatial_count"]),
+            "acc50_spatial": group_pct(s["spatial_hit50"], s["spatial_count"]),
+            "acc50_non_spatial": group_pct(s["non_spatial_hit50"], s["non_spatial_count"]),
             "orig_acc50": pct(s["orig_hit50"], n),
             "orig_acc75": pct(s["orig_hit75"], n),
             "orig_miou": pct(s["orig_iou"], n),
-            "orig_acc50_spatial": pct(s["orig_spatial_hit50"], s["spatial_count"]),
-            "orig_acc50_non_spatial": pct(s["orig_non_spatial_hit50"], s["non_spatial_count"]),
+            "orig_acc50_spatial": group_pct(s["orig_spatial_hit50"], s["spatial_count"]),
+            "orig_acc50_non_spatial": group_pct(s["orig_non_spatial_hit50"], s["non_spatial_count"]),
             "count": int(n),
             "spatial_count": int(s["spatial_count"]),
             "non_spatial_count": int(s["non_spatial_count"]),
