@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from lgrnet.errors import LGRNetError
 
@@ -24,8 +25,16 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like the commands' own: ``lgrnet CMD: error: ...``, exit status 2.
+    (Subcommand parsers are of the same class.)"""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lgrnet", description="LGR-NET referring expression comprehension")
+    parser = _Parser(prog="lgrnet", description="LGR-NET referring expression comprehension")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
