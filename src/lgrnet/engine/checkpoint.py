@@ -9,7 +9,9 @@ Layout under ``OUT/checkpoints/``: one folder per checkpoint, named ``last`` (en
 
 Atomicity: a checkpoint is written into a hidden temporary folder, every file is fsync'ed, the marker goes in, and
 only then is the folder renamed into place (an existing folder of that name is first renamed aside and removed
-afterwards). A folder without ``COMPLETE`` is never picked, so a crash mid-write loses only that checkpoint.
+afterwards). A folder is deleted marker first. A folder without ``COMPLETE``, without ``training_state.pt`` or
+whose ``model.safetensors`` is shorter than its header says is never picked, so a crash mid-write or mid-delete
+(or a file truncated later) loses only that checkpoint: ``--resume auto`` takes the newest intact one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lgrnet.errors import CheckpointError
 
 MARKER = "COMPLETE"
 STATE_FILE = "training_state.pt"
+MODEL_FILE = "model.safetensors"
 # Test hook: pause (so a test can SIGKILL the process) while writing a checkpoint of this global step.
 PAUSE_ENV = "LGRNET_TEST_PAUSE_CHECKPOINT_AT_STEP"
 
@@ -64,7 +67,7 @@ def write_checkpoint(root: Path, name: str, write_model: Callable[[Path], None],
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_checkpoint(tmp)
     tmp.mkdir()
     write_model(tmp)
     _maybe_pause(int(state.get("step", -1)), tmp)
@@ -84,14 +87,30 @@ def _replace(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     _fsync_path(dst.parent)
     if old.exists():
-        shutil.rmtree(old)
+        remove_checkpoint(old)
+
+
+def remove_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint folder, its ``COMPLETE`` marker first (and on disk before anything else goes): a kill
+    part-way through leaves a folder without the marker, which is never picked, rather than a "complete" one
+    missing its weights."""
+    if not folder.is_dir():
+        folder.unlink(missing_ok=True)
+        return
+    try:
+        (folder / MARKER).unlink()
+    except FileNotFoundError:
+        pass
+    else:
+        _fsync_path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def link_checkpoint(root: Path, source: Path, name: str) -> Path:
     """Publish a copy of a finished checkpoint under another name (hard links: files are never rewritten)."""
     tmp = root / f".tmp-{name}-{os.getpid()}"
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_checkpoint(tmp)
 
     def link(src: str, dst: str) -> None:
         try:
@@ -112,37 +131,80 @@ def _maybe_pause(step: int, folder: Path) -> None:
         time.sleep(3600)
 
 
+def model_file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file, or None when it is. Cheap: reads only the header and
+    compares the file size with the end of the last tensor's data offsets (a truncated file is caught)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 0 < header_len <= size - 8:
+                return f"{path.name} is truncated or not a safetensors file ({size} bytes)"
+            header = json.loads(f.read(header_len))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        expected = 8 + header_len + max(ends, default=0)
+    except FileNotFoundError:
+        return f"no {path.name}"
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        return f"{path.name} has an unreadable header ({type(exc).__name__})"
+    if size != expected:
+        return f"{path.name} is truncated: {size} bytes, its header describes {expected}"
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a complete checkpoint, or None when it is (marker, state file, whole weights)."""
+    if not (folder / MARKER).is_file():
+        return f"no {MARKER} marker (never finished)"
+    if not (folder / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    return model_file_problem(folder / MODEL_FILE)
+
+
 def read_info(folder: Path) -> CheckpointInfo | None:
-    """The checkpoint's summary, or None when it is not complete."""
-    marker = folder / MARKER
-    if not marker.is_file() or not (folder / STATE_FILE).is_file():
+    """The checkpoint's summary, or None when it is not complete (see :func:`checkpoint_problem`)."""
+    if checkpoint_problem(folder) is not None:
         return None
     try:
-        data = json.loads(marker.read_text())
+        data = json.loads((folder / MARKER).read_text())
         return CheckpointInfo(folder, int(data["epoch"]), int(data["step"]), int(data["batch_in_epoch"]))
     except (ValueError, KeyError, TypeError):
         return None
 
 
-def find_latest(output_dir: Path) -> CheckpointInfo | None:
+def find_latest(output_dir: Path, report: Callable[[str], None] | None = None) -> CheckpointInfo | None:
     """The newest complete checkpoint under ``output_dir/checkpoints`` (most optimizer steps; `last` wins ties
-    so that an end-of-epoch checkpoint with its validation metrics is preferred)."""
+    so that an end-of-epoch checkpoint with its validation metrics is preferred). Never by modification time:
+    "best" and "epoch-*" are fresh copies of older states. ``report`` hears about each folder that was marked
+    complete but is not usable (a missing or truncated file) and was passed over. Temporary folders of a writer
+    are not candidates; the `.old-*` copy that a rewrite renames aside is (it is the newest until the rewrite
+    finishes)."""
     root = output_dir / "checkpoints"
     if not root.is_dir():
         return None
-    found = [info for folder in root.iterdir() if folder.is_dir() and (info := read_info(folder)) is not None]
+    found = []
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.name.startswith(".tmp-"):  # never published (a `.old-*` copy was)
+            continue
+        info = read_info(folder)
+        if info is not None:
+            found.append(info)
+        elif report is not None and (folder / MARKER).is_file():
+            report(f"passed over checkpoint {folder}: {checkpoint_problem(folder) or 'unreadable marker'}")
     if not found:
         return None
     return max(found, key=lambda i: (i.step, i.epoch, i.path.name == "last"))
 
 
-def resolve_resume(resume: str | None, output_dir: Path) -> CheckpointInfo | None:
+def resolve_resume(resume: str | None, output_dir: Path,
+                   report: Callable[[str], None] | None = None) -> CheckpointInfo | None:
     """``--resume``: None (fresh start), "auto" (newest complete checkpoint or a fresh start), or a path to a
-    checkpoint folder or to an output folder holding ``checkpoints/``."""
+    checkpoint folder or to an output folder holding ``checkpoints/``. ``report``: see :func:`find_latest`."""
     if not resume:
         return None
     if resume == "auto":
-        return find_latest(output_dir)
+        return find_latest(output_dir, report)
     path = Path(resume)
     if not path.exists():
         raise CheckpointError(f"--resume {resume}: no such checkpoint folder")
@@ -150,17 +212,18 @@ def resolve_resume(resume: str | None, output_dir: Path) -> CheckpointInfo | Non
     if info is not None:
         return info
     if (path / "checkpoints").is_dir():
-        latest = find_latest(path)
+        latest = find_latest(path, report)
         if latest is None:
             raise CheckpointError(f"--resume {resume}: no complete checkpoint under {path / 'checkpoints'}")
         return latest
-    raise CheckpointError(f"--resume {resume}: not a complete checkpoint (missing {MARKER} or {STATE_FILE})")
+    raise CheckpointError(f"--resume {resume}: not a complete checkpoint ({checkpoint_problem(path)})")
 
 
 def load_state(folder: Path) -> dict[str, Any]:
     """``training_state.pt`` of a complete checkpoint, loaded safely (tensors and plain containers only)."""
-    if read_info(folder) is None:
-        raise CheckpointError(f"checkpoint {folder} is incomplete (no {MARKER} marker); it was never finished")
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {folder} is incomplete: {problem}")
     try:
         return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
@@ -175,7 +238,7 @@ def prune_step_checkpoints(root: Path, keep: str | None) -> None:
         stale_step = folder.name.startswith("step-") and folder.name != keep
         own_temporary = folder.name.startswith((".tmp-", ".old-")) and folder.name.endswith(f"-{os.getpid()}")
         if stale_step or own_temporary:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_checkpoint(folder)
 
 
 def remove_stale_temporaries(root: Path) -> None:
@@ -184,11 +247,11 @@ def remove_stale_temporaries(root: Path) -> None:
         return
     for folder in root.iterdir():
         if folder.name.startswith(".tmp-"):
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_checkpoint(folder)
         elif folder.name.startswith(".old-"):
             final = root / folder.name[len(".old-"):].rsplit("-", 1)[0]
             if read_info(final) is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_checkpoint(folder)
 
 
 # --------------------------------------------------------------------------------------------------------------
