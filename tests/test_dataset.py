@@ -132,3 +132,21 @@ def test_loader_with_workers_and_pinning_settings(records, tokenizer):
     assert loader.pin_memory == torch.cuda.is_available()
     (batch,) = list(loader)
     assert len(batch) == 5
+
+
+def test_spatial_match_reaches_the_train_transform(records, tokenizer):
+    """``data.spatial_match`` is handed to the train transform (which expressions are never cropped) by both
+    loader builders; a value outside substring/word is a config error."""
+    from lgrnet.config import ConfigError
+    from lgrnet.engine.data import build_train_loader
+
+    for match in ("substring", "word"):
+        config = load_config("lgrnet-tiny", overrides=["data.num_workers=0", "train.batch_size=2",
+                                                      f"data.spatial_match={match}"])
+        assert build_dataloader(records, config, tokenizer, train=True, distributed=False
+                                ).dataset.transform.spatial_match == match
+        train_loader = build_train_loader(records, config, tokenizer, 1, 0)
+        assert train_loader.dataset.dataset.transform.spatial_match == match  # inside the seeding wrapper
+    assert load_config("lgrnet-tiny").data.spatial_match == "substring"
+    with pytest.raises(ConfigError, match="data.spatial_match"):
+        load_config("lgrnet-tiny", overrides=["data.spatial_match=regex"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -144,3 +145,16 @@ def test_evaluate_original_pixels_clamp_to_the_image_not_the_canvas():
     metrics, _ = evaluate(_FixedModel(pred), [batch], DistInfo())
     assert metrics["miou"] == pytest.approx(100 * (0.25 + 1.0) / 2, abs=1e-3)
     assert metrics["orig_miou"] == pytest.approx(100 * (0.5 + 1.0) / 2, abs=1e-3)
+
+
+@pytest.mark.parametrize(("spatial_match", "spatial_count"), [("substring", 2), ("word", 1)])
+def test_evaluate_spatial_split_follows_the_switch(spatial_match, spatial_count):
+    # "the laptop on a desk" is spatial only under the reference's substring rule ("top" inside "laptop").
+    batch = _batch()
+    batch.meta[1] = dataclasses.replace(batch.meta[1], expression="the laptop on a desk")
+    pred = torch.tensor([[0.25, 0.5, 0.5, 0.5], [0.9, 0.9, 0.1, 0.1]])  # a hit, b a miss (IoU 0)
+    metrics, preds = evaluate(_FixedModel(pred), [batch], DistInfo(), collect_predictions=True,
+                              spatial_match=spatial_match)
+    assert metrics["spatial_count"] == spatial_count and metrics["non_spatial_count"] == 2 - spatial_count
+    assert [p["spatial"] for p in preds] == [True, spatial_count == 2]
+    assert metrics["acc50_spatial"] == pytest.approx(100.0 / spatial_count)

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from lgrnet.config import AugmentConfig
 from lgrnet.data.image import load_image, to_rgb
 from lgrnet.data.readers import read_transvg
-from lgrnet.data.spatial import is_spatial, swap_left_right
+from lgrnet.data.spatial import swap_left_right
 from lgrnet.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -98,29 +98,64 @@ def test_train_box_covers_drawn_pixels(name):
         assert 0 < flipped < 12
 
 
-def test_crop_keeps_box_centre_and_positive_area():
-    """The reference compared the box centre x with the crop top (spec 15.18); here x goes with left."""
-    transform = TrainTransform(640, AugmentConfig(crop=True, translate=False, color_jitter=0.0))
+def _visible_window(sample):
+    """The part of the original image the canvas shows, (x1, y1, x2, y2) original pixels: the unpadded canvas
+    region (integer edges) through the inverse of the recorded map. The whole image unless a crop happened."""
+    visible = ~sample.mask
+    cols = torch.nonzero(visible.any(0)).flatten()
+    rows = torch.nonzero(visible.any(1)).flatten()
+    (sx, sy), (dx, dy) = sample.scale, sample.offset
+    return ((int(cols[0]) - dx) / sx, (int(rows[0]) - dy) / sy,
+            (int(cols[-1]) + 1 - dx) / sx, (int(rows[-1]) + 1 - dy) / sy)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "rect"),
+    [
+        # Target far right of a wide image: a check of x against the crop's top never accepts a window here.
+        (1200, 400, (1000.0, 300.0, 1100.0, 380.0)),
+        # Wide target at the bottom left: a swapped check accepts windows that hold part of the box but not its
+        # centre about half of the time.
+        (800, 600, (0.0, 400.0, 100.0, 600.0)),
+    ],
+)
+def test_crop_window_contains_the_box_centre(width, height, rect):
+    """The reference compared the box centre x with the crop's top (spec 11.3, 15.18); the window here must hold
+    the centre (x between its left and right edges, y between top and bottom) and leave a box of positive area.
+    Crops are told from resizes by the visible window, which a multi-scale resize leaves the whole image."""
+    transform = TrainTransform(128, AugmentConfig(crop=True, translate=True, color_jitter=0.0, scales=[128, 112, 96]))
     random.seed(1)
-    # A wide, short image whose target sits far right: a swapped x/y check accepts crops that miss it.
-    image, rect = _drawn(width=1200, height=400, rect=(1000.0, 300.0, 1100.0, 380.0))
+    image = Image.new("RGB", (width, height), BACKGROUND)
+    cx, cy = (rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2
     crops = 0
-    for _ in range(25):
+    for i in range(20):
         sample = transform(image, "a yellow box", rect)
-        x1, y1, x2, y2 = _xyxy(sample).tolist()
-        assert x2 - x1 > 1 and y2 - y1 > 1
-        assert _iou(_xyxy(sample), _found_box(sample)) >= 0.9
-        crops += sample.scale[0] * 1200 < 640 * 0.99 or sample.offset[0] < -1e-6  # a crop happened
-    assert crops > 0
+        x1, y1, x2, y2 = _visible_window(sample)
+        if x1 > 0.5 or y1 > 0.5 or x2 < width - 0.5 or y2 < height - 0.5:
+            crops += 1
+            assert x1 <= cx <= x2 and y1 <= cy <= y2, (i, (x1, y1, x2, y2))
+        else:
+            assert (x1, y1, x2, y2) == pytest.approx((0, 0, width, height), abs=1e-6)
+        # The target is the box clipped to the window, through canvas = original * scale + offset.
+        clipped = (max(rect[0], x1), max(rect[1], y1), min(rect[2], x2), min(rect[3], y2))
+        assert clipped[2] - clipped[0] > 1 and clipped[3] - clipped[1] > 1
+        (sx, sy), (dx, dy) = sample.scale, sample.offset
+        expected = [clipped[0] * sx + dx, clipped[1] * sy + dy, clipped[2] * sx + dx, clipped[3] * sy + dy]
+        assert _xyxy(sample).tolist() == pytest.approx(expected, abs=1e-3)
+    # Branch B is taken with probability 0.5 and a window holding the centre is found within 20 tries.
+    assert crops >= 5
 
 
-def test_spatial_expressions_never_cropped():
-    transform = TrainTransform(640, AugmentConfig(crop=True, translate=False, color_jitter=0.0, scales=[640]))
-    random.seed(2)
+@pytest.mark.parametrize(("spatial_match", "cropped"), [("substring", False), ("word", True)])
+def test_spatial_match_decides_which_expressions_are_cropped(spatial_match, cropped):
+    # "the lefty" is spatial only under the reference's substring rule (the default): never cropped there.
+    transform = TrainTransform(128, AugmentConfig(crop=True, translate=False, color_jitter=0.0, scales=[128]),
+                               spatial_match)
+    random.seed(4)
     image, rect = _drawn(width=1200, height=400, rect=(1000.0, 300.0, 1100.0, 380.0))
-    for _ in range(8):
-        sample = transform(image, "box on the right", rect)
-        assert sample.scale == pytest.approx((640 / 1200, 213 / 400))  # long side to 640, nothing cut
+    windows = [_visible_window(transform(image, "the lefty", rect)) for _ in range(12)]
+    crops = sum(w != pytest.approx((0, 0, 1200, 400), abs=1e-6) for w in windows)
+    assert (crops > 0) is cropped
 
 
 def test_flip_swaps_whole_words_and_box():
@@ -140,11 +175,9 @@ def test_flip_swaps_whole_words_and_box():
     assert seen == {"Left of the bright Right one, leftmost", "Right of the bright Left one, rightmost"}
 
 
-def test_swap_and_spatial_word_rules():
+def test_swap_words_whole_and_hyphenated():  # the rules themselves: tests/test_spatial.py
     assert swap_left_right("bright left-hand cup, RIGHT") == "bright right-hand cup, LEFT"
     assert swap_left_right("copyright") == "copyright"
-    assert is_spatial("man on the left") and is_spatial("the 3 o'clock slice") and is_spatial("Top-left")
-    assert not is_spatial("bright lamp") and not is_spatial("a topping") and not is_spatial("clockwise")
 
 
 def test_eval_transform_sub_pixel_and_inverse():

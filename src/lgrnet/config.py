@@ -165,6 +165,10 @@ class DataConfig:
     # Image folder; relative paths in records are joined to it (jsonl: relative to the JSONL file instead).
     image_root: str = "images"
     refer_split_by: str = "unc"
+    # Which expressions count as spatial (never cropped; the spatial/non-spatial metrics and statistics):
+    # "substring" = the reference's rule (left/right/top/bottom/middle anywhere, so "leftmost" too),
+    # "word" = whole words and their -most/-est forms (lgrnet.data.spatial).
+    spatial_match: Literal["substring", "word"] = "substring"
     train_split: str = "train"
     val_split: str = "val"
     augment: AugmentConfig = field(default_factory=AugmentConfig)

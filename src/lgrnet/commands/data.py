@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     stats = sub.add_parser("stats", help="per split: records, images, expression length, spatial share")
     common(stats)
+    stats.add_argument("--spatial-match", choices=("substring", "word"), default="substring",
+                       help="spatial = left/right/top/bottom/middle as substrings (the reference's rule) or as "
+                            "whole words (default: %(default)s)")
     stats.set_defaults(func=stats_handler)
     convert = sub.add_parser("convert", help="write records as lgrnet JSONL (image paths relative to the output)")
     common(convert)
@@ -85,7 +88,7 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
 def stats_handler(args: argparse.Namespace) -> int:
     from lgrnet.data.stats import format_table, split_stats
 
-    rows = [split_stats(label, records) for label, records in _sources(args)]
+    rows = [split_stats(label, records, args.spatial_match) for label, records in _sources(args)]
     if not rows:
         raise LGRNetError(f"--root {args.root}: no splits found")
     print(format_table(rows))

@@ -132,7 +132,7 @@ def build_dataloader(
     drops the last incomplete batch; evaluation uses :class:`EvalDistributedSampler` / sequential order.
     """
     size = config.model.image_size
-    transform = TrainTransform(size, config.data.augment) if train else EvalTransform(size)
+    transform = TrainTransform(size, config.data.augment, config.data.spatial_match) if train else EvalTransform(size)
     text = config.model.text
     dataset = RECDataset(records, transform, tokenizer, text.max_length, text.lowercase)
     if distributed is None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lgrnet.data.records import Record
-from lgrnet.data.spatial import is_spatial
+from lgrnet.data.spatial import SpatialMatch, is_spatial
 
 
 @dataclass
@@ -18,12 +18,12 @@ class SplitStats:
     words_mean: float
     words_median: float
     words_max: int
-    spatial_share: float  # fraction of expressions with a word of the paper's Table II list
+    spatial_share: float  # fraction of spatial expressions (paper Table II; lgrnet.data.spatial)
 
 
-def split_stats(name: str, records: Sequence[Record]) -> SplitStats:
+def split_stats(name: str, records: Sequence[Record], spatial_match: SpatialMatch = "substring") -> SplitStats:
     lengths = [len(r.expression.split()) for r in records] or [0]
-    spatial = sum(is_spatial(r.expression) for r in records)
+    spatial = sum(is_spatial(r.expression, spatial_match) for r in records)
     return SplitStats(
         name=name,
         records=len(records),

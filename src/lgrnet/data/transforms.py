@@ -8,7 +8,7 @@ A transform takes ``(PIL RGB image, expression, box (x1, y1, x2, y2) original pi
 Geometry goes through ``torchvision.transforms.v2.functional`` on ``tv_tensors.BoundingBoxes`` (float64, so the
 sub-pixel box precision survives every resize/crop/flip). Fixes to the reference (spec 15.18): the random crop
 accepts a window only if it contains the box centre (x against the left edge, y against the top) and leaves a
-box of positive area; the optional flip swaps left/right as whole words.
+box of positive area; the optional flip mirrors left/right words and clock positions as whole words.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from lgrnet.data.image import load_image
-from lgrnet.data.spatial import is_spatial, swap_left_right
+from lgrnet.data.spatial import SpatialMatch, is_spatial, swap_left_right
 
 __all__ = ["EvalTransform", "TrainTransform", "TransformedSample", "canvas_to_original", "load_image"]
 
@@ -139,18 +139,20 @@ class EvalTransform:
 class TrainTransform:
     """Spec 11.3 training augmentation, with the reference's crop and flip bugs fixed (see module docstring).
 
-    1. RandomSelect: spatial expressions (paper word list, whole words) always take branch A; others take
-       branch B with probability 0.5 when ``augment.crop``. A: long side to s ~ scales. B: short side to one of
-       {400, 500, 600}, random crop of side U{384..600} containing the box centre, then long side to s.
+    1. RandomSelect: spatial expressions (:func:`~lgrnet.data.spatial.is_spatial` with ``spatial_match``, the
+       reference's substring rule by default) always take branch A; others take branch B with probability 0.5
+       when ``augment.crop``. A: long side to s ~ scales. B: short side to one of {400, 500, 600}, random crop
+       of side U{384..600} containing the box centre, then long side to s.
     2. Colour jitter with probability ``color_jitter_prob``: brightness/contrast/saturation factors
        U(1 - j, 1 + j) in random order. 3. Optional Gaussian blur (p 0.5, radius U(0.1, 2)).
-    4. Optional horizontal flip (p 0.5) swapping the words left/right. 5. Normalise, letterbox at a random
-       position (``augment.translate``) or centred.
+    4. Optional horizontal flip (p 0.5) mirroring the expression (left/right words, clock positions).
+    5. Normalise, letterbox at a random position (``augment.translate``) or centred.
     """
 
-    def __init__(self, image_size: int, augment: Any):
+    def __init__(self, image_size: int, augment: Any, spatial_match: SpatialMatch = "substring"):
         self.image_size = image_size
         self.augment = augment
+        self.spatial_match = spatial_match
         scales = [min(int(s), image_size) for s in augment.scales] or [image_size]
         self.scales = scales
         j = float(augment.color_jitter)
@@ -163,7 +165,7 @@ class TrainTransform:
     def __call__(self, image: Image.Image, expression: str, box: Sequence[float]) -> TransformedSample:
         original_size = image.size
         geo = _Geometry(image, box)
-        if self.augment.crop and not is_spatial(expression) and random.random() < 0.5:
+        if self.augment.crop and not is_spatial(expression, self.spatial_match) and random.random() < 0.5:
             geo.resize_short_side(random.choice(SHORT_SIDES))
             self._random_crop(geo)
         geo.resize_long_side(random.choice(self.scales))

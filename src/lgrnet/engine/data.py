@@ -93,8 +93,8 @@ def build_train_loader(records: Sequence[Record], config: Any, tokenizer: Any, w
                        rank: int) -> DataLoader:
     """Train DataLoader (full train transform, resumable sampler); ``loader.sampler.set_epoch(e, start)``."""
     text = config.model.text
-    dataset = RECDataset(records, TrainTransform(config.model.image_size, config.data.augment), tokenizer,
-                         text.max_length, text.lowercase)
+    transform = TrainTransform(config.model.image_size, config.data.augment, config.data.spatial_match)
+    dataset = RECDataset(records, transform, tokenizer, text.max_length, text.lowercase)
     sampler = ResumableSampler(len(dataset), config.train.batch_size, world_size, rank, config.train.seed)
     workers = max(0, int(config.data.num_workers))
     return DataLoader(

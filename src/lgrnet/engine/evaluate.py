@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lgrnet.data.spatial import is_spatial
+from lgrnet.data.spatial import SpatialMatch, is_spatial
 from lgrnet.data.transforms import canvas_to_original
 from lgrnet.engine.distributed import DistInfo
 from lgrnet.engine.metrics import MetricAccumulator, canvas_iou, paired_iou
@@ -34,9 +34,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: str = "off",
-             collect_predictions: bool = False) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
+             collect_predictions: bool = False, spatial_match: SpatialMatch = "substring",
+             ) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
     """Metrics of ``model`` on ``loader`` (reduced over ranks) and, when asked, the predictions (rank 0 only:
-    others get None), each with its box in original-image pixels."""
+    others get None), each with its box in original-image pixels. ``spatial_match`` (``data.spatial_match``)
+    decides the spatial/non-spatial split."""
     was_training = model.training
     model.eval()
     acc = MetricAccumulator()
@@ -57,7 +59,7 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
             if known:
                 gt_orig = torch.tensor([list(m.original_box) for m in batch.meta], dtype=torch.float32)
                 iou_o = paired_iou(pred_orig, gt_orig)
-            spatial = [is_spatial(m.expression) for m in batch.meta]
+            spatial = [is_spatial(m.expression, spatial_match) for m in batch.meta]
             acc.update(iou_c, iou_o, spatial)
             if collect_predictions:
                 for i, meta in enumerate(batch.meta):
@@ -138,7 +140,8 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
     tokenizer = build_tokenizer(config.model.text)
     loader = build_dataloader(records, config, tokenizer, train=False, batch_size=batch_size,
                               distributed=info.distributed)
-    metrics, predictions = evaluate(model, loader, info, precision=precision, collect_predictions=output is not None)
+    metrics, predictions = evaluate(model, loader, info, precision=precision, collect_predictions=output is not None,
+                                    spatial_match=config.data.spatial_match)
     result: dict[str, Any] = {"checkpoint": checkpoint, "split": split, "data": config.data.format,
                               "root": config.data.root, **metrics}
     if output is not None and predictions is not None:

@@ -273,7 +273,8 @@ class Trainer:
         # RNG-neutral: a run that validates at a point and one that resumes there draw the same
         # dropout streams afterwards (the eval loader's iterator seeds itself from the global RNG).
         rng = ckpt.capture_rng()
-        self.last_val, _ = evaluate(self.model, self.val_loader, self.info)
+        self.last_val, _ = evaluate(self.model, self.val_loader, self.info,
+                                    spatial_match=self.config.data.spatial_match)
         ckpt.restore_rng(rng)
         self.logger.log("val", self.step, self.last_val, epoch=epoch if log_epoch is None else log_epoch)
         if self.info.is_main:
