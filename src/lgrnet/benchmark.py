@@ -519,7 +519,7 @@ def measure_training(model: nn.Module, inputs: dict[str, torch.Tensor], settings
 def workers_needed(train_samples_per_s: float, per_worker_samples_per_s: float) -> int:
     """Data-loader worker processes needed so that loading keeps up with the training rate."""
     if per_worker_samples_per_s <= 0:
-        raise LGRNetError(f"benchmark: per-worker data rate must be positive, got {per_worker_samples_per_s}")
+        raise LGRNetError(f"--data-rate {per_worker_samples_per_s}: the per-worker rate must be positive")
     return max(1, math.ceil(train_samples_per_s / per_worker_samples_per_s))
 
 
@@ -595,15 +595,21 @@ def run_benchmark(config: Config, settings: BenchmarkSettings,
     """
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise LGRNetError("benchmark: --device cuda but no CUDA device is available")
+        raise LGRNetError("--device cuda but no CUDA device is available")
     if settings.cuda_graphs and device.type != "cuda":
-        raise LGRNetError("benchmark: CUDA graphs need --device cuda")
+        raise LGRNetError("CUDA graphs need --device cuda")
     if device.type == "cpu" and settings.precision == "fp16":
-        raise LGRNetError("benchmark: fp16 autocast is for GPUs; use --precision bf16 or fp32 on a CPU")
+        raise LGRNetError("fp16 autocast is for GPUs; use --precision bf16 or fp32 on a CPU")
     if not settings.batch_sizes or min(settings.batch_sizes) < 1:
-        raise LGRNetError(f"benchmark: batch sizes must be positive integers, got {settings.batch_sizes}")
-    if settings.repeats < 1 or settings.warmup < 0:
-        raise LGRNetError("benchmark: --repeats must be >= 1 and --warmup >= 0")
+        raise LGRNetError(f"batch sizes must be positive integers, got {settings.batch_sizes}")
+    if settings.repeats < 1:
+        raise LGRNetError(f"--repeats {settings.repeats}: must be at least 1")
+    if settings.warmup < 0:
+        raise LGRNetError(f"--warmup {settings.warmup}: must be >= 0")
+    if settings.train and settings.train_repeats < 1:
+        raise LGRNetError(f"--train-repeats {settings.train_repeats}: must be at least 1")
+    if settings.data_rate_per_worker is not None:
+        workers_needed(1.0, settings.data_rate_per_worker)  # its check of the rate, before anything is measured
     torch.manual_seed(settings.seed)
     config = benchmark_config(config, settings.image_size)
     # Checked before any model is built; the report records the length used.

@@ -97,7 +97,9 @@ def stats_handler(args: argparse.Namespace) -> int:
 
 def convert_handler(args: argparse.Namespace) -> int:
     from lgrnet.data.readers import write_jsonl
+    from lgrnet.output_paths import check_output_file
 
+    check_output_file(args.output, "--output")
     records = [r for _, recs in _sources(args) for r in recs]
     if not records:
         raise LGRNetError(f"--root {args.root}: no records to convert")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 from lgrnet.commands.predict import add_precision_argument
 from lgrnet.errors import LGRNetError
@@ -25,14 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise LGRNetError(f"--port {args.port}: expected 1..65535")
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise LGRNetError("the demo needs gradio: pip install -e '.[demo]' in the lgrnet checkout") from None
-    from lgrnet.demo.app import launch
+    # Whether gradio is there, without importing it (seconds): a bad checkpoint is reported first and fast.
+    if importlib.util.find_spec("gradio") is None:
+        raise LGRNetError("the demo needs gradio: pip install -e '.[demo]' in the lgrnet checkout")
     from lgrnet.inference.predictor import Predictor
 
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.precision)
+    from lgrnet.demo.app import launch
+
     print(f"lgrnet demo: {args.checkpoint} ({predictor.config.name}); Ctrl-C stops the server", flush=True)
     try:
         launch(predictor, host=args.host, port=args.port)

@@ -28,10 +28,12 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from lgrnet.errors import LGRNetError
+    from lgrnet.output_paths import check_output_dir
     from lgrnet.synth.generate import generate
 
     if args.workers is not None and args.workers < 1:
         raise LGRNetError(f"--workers must be >= 1, got {args.workers}")
+    check_output_dir(args.out, "--out")
     start = time.perf_counter()
     meta = generate(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
                     num_test=args.num_test, per_image=args.per_image, workers=args.workers,
