@@ -6,8 +6,10 @@ import json
 import math
 import os
 import pickle
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lgrnet.config import load_config
@@ -151,6 +153,102 @@ def test_crafted_pickle_is_refused_and_payload_never_runs(tmp_path, legacy):
                 pickle.load(f)
         pickle.load(f)
     assert marker.exists()
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
+
+
+def _argument(value) -> bytes:
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int) and 0 <= value < 256:
+        return b"K" + bytes([value])  # BININT1
+    if isinstance(value, tuple):
+        return b"(" + b"".join(map(_argument, value)) + b"t"  # MARK ... TUPLE
+    raise TypeError(value)
+
+
+def _call(module: str, name: str, *args, stack_global: bool = False) -> bytes:
+    """A pickle, written opcode by opcode, whose whole content is ``module.name(*args)``: the global by GLOBAL
+    (protocol 2: "c", module, newline, name, newline) or by STACK_GLOBAL (protocol 4: two strings, then 0x93), then
+    REDUCE."""
+    if stack_global:
+        head = b"\x80\x04" + _string(module) + _string(name) + b"\x93"
+    else:
+        head = b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n"
+    return head + _argument(tuple(args)) + b"R."
+
+
+@pytest.mark.parametrize("stack_global", [False, True])
+@pytest.mark.parametrize(
+    ("module", "name", "args", "refused"),
+    [
+        ("builtins", "eval", ("1 + 1",), "builtins.eval"),
+        ("__builtin__", "eval", ("1 + 1",), "__builtin__.eval"),  # the Python-2 spelling
+        ("builtins", "getattr", ("text", "upper"), "builtins.getattr"),
+        ("builtins", "__import__", ("os",), "builtins.__import__"),
+        ("builtins", "exec", ("pass",), "builtins.exec"),
+        ("os", "system", ("true",), "os.system"),
+        ("_codecs", "encode", ("abc", "rot13"), "_codecs.encode' with encoding 'rot13'"),
+        ("_codecs", "encode", ("abc", "utf-16"), "_codecs.encode' with encoding 'utf-16'"),
+        ("_codecs", "decode", ("abc", "latin1"), "_codecs.decode"),
+        ("_codecs", "lookup", ("latin1",), "_codecs.lookup"),
+    ],
+)
+def test_hand_written_pickles_naming_forbidden_callables_are_refused(tmp_path, module, name, args, refused,
+                                                                     stack_global):
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(_call(module, name, *args, stack_global=stack_global))
+    with pytest.raises(DataError) as info:
+        safe_load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: refused to unpickle forbidden global '") and refused in message, message
+
+
+def test_hand_written_payloads_are_live_under_plain_pickle(tmp_path):
+    # Control for the refusals above: the same bytes do run under pickle.loads, so refusing them is the point.
+    marker = tmp_path / "ran"
+    assert pickle.loads(_call("builtins", "eval", f"open({str(marker)!r}, 'w').close()")) is None
+    assert marker.exists()
+    assert pickle.loads(_call("builtins", "getattr", "text", "upper", stack_global=True))() == "TEXT"
+    assert pickle.loads(_call("builtins", "__import__", "os")) is os
+    assert pickle.loads(_call("_codecs", "encode", "abc", "rot13")) == "nop"
+    marker.unlink()
+    path = tmp_path / "payload.p"
+    path.write_bytes(_call("builtins", "eval", f"open({str(marker)!r}, 'w').close()"))
+    with pytest.raises(DataError, match="builtins.eval"):
+        safe_load(path)
+    assert not marker.exists()  # refused before the call: the payload never ran
+
+
+@pytest.mark.parametrize("stack_global", [False, True])
+@pytest.mark.parametrize(
+    ("module", "name", "args", "expected"),
+    [
+        ("builtins", "set", (("a", "b"),), {"a", "b"}),
+        ("__builtin__", "frozenset", (("a",),), frozenset({"a"})),
+        ("builtins", "complex", (1, 2), complex(1, 2)),
+        ("__builtin__", "slice", (1, 5, 2), slice(1, 5, 2)),
+        ("collections", "OrderedDict", ((("k", 1), ("j", 2)),), {"k": 1, "j": 2}),
+        ("_codecs", "encode", ("caf\u00e9", "latin1"), b"caf\xe9"),  # numpy's Python-2 raw bytes
+        ("_codecs", "encode", ("caf\u00e9", "latin-1"), b"caf\xe9"),
+        ("_codecs", "encode", ("caf\u00e9", "ISO-8859-1"), b"caf\xe9"),
+    ],
+)
+def test_hand_written_pickles_of_allowed_globals_load(tmp_path, module, name, args, expected, stack_global):
+    path = tmp_path / "ok.p"
+    path.write_bytes(_call(module, name, *args, stack_global=stack_global))
+    assert safe_load(path) == expected
+
+
+def test_numpy_arrays_load(tmp_path):
+    path = tmp_path / "arrays.p"
+    array = np.arange(6, dtype=np.float32).reshape(2, 3)
+    path.write_bytes(pickle.dumps({"a": array, "s": np.float64(2.5)}, protocol=2))
+    out = safe_load(path)
+    assert out["a"].dtype == np.float32 and (out["a"] == array).all() and out["s"] == 2.5
 
 
 def test_safe_load_rejects_garbage(tmp_path):

@@ -35,8 +35,8 @@ TORCH_LEGACY_PROTOCOL = 1001
 def _latin1_encode(obj: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
     # numpy arrays pickled by Python 2 carry their raw bytes as a unicode string plus ``_codecs.encode(s,
     # "latin1")``; only that codec is admitted (other codecs could be arbitrary registered callables).
-    if encoding.lower().replace("_", "-") not in {"latin1", "latin-1", "iso-8859-1"}:
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    if not isinstance(encoding, str) or encoding.lower().replace("_", "-") not in {"latin1", "latin-1", "iso-8859-1"}:
+        raise ForbiddenGlobal("_codecs", "encode", f"with encoding {encoding!r} (only latin-1 is allowed)")
     return _codecs.encode(obj, "latin1", errors)
 
 
@@ -61,11 +61,12 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 class ForbiddenGlobal(pickle.UnpicklingError):
-    """A pickle names a global outside the allow-list."""
+    """A pickle names a global outside the allow-list (or calls an allowed one with arguments it may not take)."""
 
-    def __init__(self, module: str, name: str):
+    def __init__(self, module: str, name: str, detail: str = ""):
         super().__init__(f"{module}.{name}")
         self.qualname = f"{module}.{name}"
+        self.detail = detail
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -114,8 +115,9 @@ def safe_load(path: str | Path) -> Any:
         # Python-2 str objects become latin-1 decoded str (byte-exact round trip; phrases are ASCII in practice).
         return _load_one(stream, encoding="latin1")
     except ForbiddenGlobal as exc:
+        detail = f" {exc.detail}" if exc.detail else ""
         raise DataError(
-            f"{path}: refused to unpickle forbidden global '{exc.qualname}' "
+            f"{path}: refused to unpickle forbidden global '{exc.qualname}'{detail} "
             "(only containers, numbers, strings and numpy arrays are allowed in a data file)"
         ) from None
     except DataError:
