@@ -40,6 +40,53 @@ def direct_infonce(obj: torch.Tensor, sent: torch.Tensor, scale: float, symmetri
     return (o2s + s2o) / 2
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its Euclidean length, written out (not F.normalize)."""
+    return x / x.pow(2).sum(dim=-1, keepdim=True).sqrt()
+
+
+def affine(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+    return x @ linear.weight.detach().t() + linear.bias.detach()
+
+
+def test_alignment_normalises_object_embeddings_of_any_norm():
+    """Spec 9: f_obj = L2norm(class_proj(state)), S = exp(logit_scale) f_obj f_sent^T, L = (CE(S) + CE(S^T)) / 2.
+    Prediction-token states whose projections have norms far from 1 (x0.01 and x40): an unnormalised f_obj gives a
+    very different loss."""
+    b, d = 4, 8
+    g = torch.Generator().manual_seed(5)
+    states = torch.randn(2, b, d, generator=g) * torch.tensor([0.01, 40.0, 1.0, 7.0])[None, :, None]
+    sentence = unit_rows(torch.randn(b, d, generator=g))
+    crit = LGRNetCriterion(LossConfig(aux_loss=False, align_weight=1.0), d)
+    with torch.no_grad():
+        crit.object_proj.weight.copy_(torch.randn(d, d, generator=g))
+        crit.object_proj.bias.copy_(torch.randn(d, generator=g) * 0.001)
+        crit.logit_scale.fill_(math.log(1 / 0.05))
+    projected = affine(states[-1], crit.object_proj)
+    norms = projected.norm(dim=-1)
+    assert norms.min() < 0.5 and norms.max() > 20  # far from unit length on both sides
+    out = crit(torch.stack([boxes(b, 0), boxes(b, 1)]), boxes(b, 2), states, sentence)
+    expected = direct_infonce(unit_rows(projected), sentence, 1 / 0.05, symmetric=True)
+    assert out["align"].item() == pytest.approx(expected, rel=1e-5)
+    # The loss a forgotten normalisation would give (torch's cross-entropy: the logits reach ~10^4) is far away.
+    logits, labels = 20.0 * projected @ sentence.t(), torch.arange(b)
+    unnormalised = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(
+        logits.t(), labels)) / 2
+    assert abs(unnormalised.item() - expected) > 1.0
+
+
+def test_sentence_embedding_is_the_normalised_projection_of_the_raw_cls():
+    """Spec 9: f_sent = L2norm(bertcls_proj(h_cls_raw)), the other input of the alignment loss."""
+    from lgrnet.model.tfe import TextualFeatureExtender
+
+    torch.manual_seed(0)
+    tfe = TextualFeatureExtender(text_dim=12, hidden_dim=8)
+    raw_cls = torch.randn(3, 12) * torch.tensor([[0.01], [30.0], [1.0]])
+    projected = affine(raw_cls, tfe.sentence_proj)
+    assert (projected.norm(dim=-1) - 1).abs().min() > 0.1
+    torch.testing.assert_close(tfe.sentence_embedding(raw_cls), unit_rows(projected), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_alignment_loss_equals_direct_computation(symmetric):
     g = torch.Generator().manual_seed(0)
@@ -71,8 +118,9 @@ def test_criterion_terms_and_weights():
     assert out["l1_0"] == l1_loss(layer_boxes[0], target)
     expected = sum(2 * out[f"l1{s}"] + 3 * out[f"giou{s}"] for s in ("", "_0", "_1")) + 0.5 * out["align"]
     assert torch.allclose(out["loss"], expected)
-    objects = crit.object_embeddings(states[-1])
-    assert torch.allclose(out["align"], alignment_loss(objects, sentence, crit.logit_scale))
+    # The alignment term from the spec's formula (object_proj, L2 normalisation, exp(logit_scale), symmetric CE).
+    expected_align = direct_infonce(unit_rows(affine(states[-1], crit.object_proj)), sentence, 1 / 0.07, True)
+    assert out["align"].item() == pytest.approx(expected_align, rel=1e-5)
 
 
 def test_criterion_switches():
