@@ -42,9 +42,10 @@ def format_table(rows: list[tuple[str, int, int]], title: str) -> str:
 
 def handler(args: argparse.Namespace) -> int:
     from lgrnet.config import load_config
+
+    config = load_config(args.config or args.preset, args.overrides)  # a bad config fails before torch loads
     from lgrnet.model.lgrnet import parameter_summary
 
-    config = load_config(args.config or args.preset, args.overrides)
     model = build_random_model(config)
     m = config.model
     title = (f"{config.name}: text {m.text.name or 'BertConfig'} ({model.text.hidden_size}-d), visual "
