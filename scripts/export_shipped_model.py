@@ -1,4 +1,4 @@
-"""Export a trained SynthRef checkpoint as the package's shipped model (``src/lgrnet/weights/synthref-tiny/``).
+"""Export a trained SynthRef checkpoint as the package's shipped model (``src/lgrnet/weights/synthref-small/``).
 
 The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``, read by
 :func:`lgrnet.model.io.load_model`) with three differences from a training checkpoint:
@@ -13,7 +13,7 @@ The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``,
 ``--set train.batch_size=16`` and the like change the config's data and training settings: the ones a user's
 fine-tune starts from (the quickstart's, say) when the model's last stage ran elsewhere, such as on a GPU.
 
-    python scripts/export_shipped_model.py --run runs/synthref-tiny --out src/lgrnet/weights/synthref-tiny
+    python scripts/export_shipped_model.py --run runs/synthref-tiny --out src/lgrnet/weights/synthref-small
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="training output folder (its checkpoints/best, else last)")
     source.add_argument("--checkpoint", type=Path, help="a model folder")
-    parser.add_argument("--out", type=Path, default=Path("src/lgrnet/weights/synthref-tiny"))
+    parser.add_argument("--out", type=Path, default=Path("src/lgrnet/weights/synthref-small"))
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--max-mb", type=float, default=20.0)
     parser.add_argument("--sample-seed", type=int, default=1234, help="SynthRef seed of the recorded val sample")

@@ -3,7 +3,7 @@ counted as ``ok`` (IoU >= 0.5 with the target), ``right_obj_imprecise`` (the tar
 but IoU < 0.5), ``wrong_obj`` (another object overlaps best, IoU >= 0.3) or ``nothing``; per expression family
 (``query.type``) and target size class.
 
-    python scripts/failure_breakdown.py src/lgrnet/weights/synthref-tiny --data data/synthref-60k --num 500
+    python scripts/failure_breakdown.py src/lgrnet/weights/synthref-small --data data/synthref-60k --num 500
 """
 
 from __future__ import annotations

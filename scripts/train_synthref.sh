@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible training recipe of the CPU SynthRef model (docs/synthref.md, steps 1-5), which the shipped model
 # continues with two GPU stages (scripts/train_synthref_gpu.sh) and one more CPU stage (docs/synthref.md, steps
-# 6-8). Step 4 below writes the CPU model into src/lgrnet/weights/synthref-tiny/, where the GPU stages start from it.
+# 6-8). Step 4 below writes the CPU model into src/lgrnet/weights/synthref-small/, where the GPU stages start from it.
 #   1. SynthRef 60k (train 60000, val/testA/testB 1000 each; reused when already generated with these settings),
 #   2. pre-training of the slim ResNet backbone on the train scenes' object annotations (dense colour/shape/size
 #      labels; the SynthRef analogue of the reference's detection-pretrained backbone),
@@ -11,7 +11,7 @@
 #      c. $OUT-r3: from b's final checkpoint (step 3000), cosine decay from half the preset learning rates, 12500 steps.
 #      (Stage a is the run the first shipped model came from; b and c continued it. A stage whose final
 #      checkpoint exists is skipped; an interrupted stage resumes when the script is rerun.)
-#   4. export of stage c's best checkpoint into src/lgrnet/weights/synthref-tiny/ (no text encoder, fp16,
+#   4. export of stage c's best checkpoint into src/lgrnet/weights/synthref-small/ (no text encoder, fp16,
 #      <= 20 MB, with the val accuracy recorded on a fixed sample for tests/test_quickstart.py),
 #   5. the learning curve over the three stages (Acc@0.5 vs wall-clock and samples seen) and the test splits.
 # Environment: PY (python, default .venv/bin/python), DATA (default data/synthref-60k), OUT (default
@@ -27,7 +27,7 @@ SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
 PRETRAIN_DATA=${PRETRAIN_DATA:-data/synthref}
 PRETRAIN_MINUTES=${PRETRAIN_MINUTES:-16}
-WEIGHTS=src/lgrnet/weights/synthref-tiny
+WEIGHTS=src/lgrnet/weights/synthref-small
 BACKBONE="$OUT/backbone/backbone.safetensors"
 
 echo "== 1/5 SynthRef 60k -> $DATA and 20k -> $PRETRAIN_DATA (seed $SEED)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SynthRef training on one GPU within a fixed wall-clock budget (docs/synthref.md, "GPU stage"): three runs share
-# the GPU, each starting from the shipped CPU model (src/lgrnet/weights/synthref-tiny) and decaying a cosine
+# the GPU, each starting from the shipped CPU model (src/lgrnet/weights/synthref-small) and decaying a cosine
 # schedule over the time it has (train.time_limit_minutes):
 #   cont  the same lgrnet-tiny, continued at batch 128;
 #   wide  lgrnet-small (configs/synthref-small.yaml: 6 reasoning layers of width 256); backbone, neck and
@@ -30,7 +30,7 @@ WORKERS=${WORKERS:-4}
 BATCH=${BATCH:-128}
 DEVICE=${DEVICE:-cuda}
 PRECISION=${PRECISION:-bf16}
-SHIPPED=src/lgrnet/weights/synthref-tiny
+SHIPPED=src/lgrnet/weights/synthref-small
 INIT=${INIT:-$SHIPPED}
 RUNS=${RUNS:-cont wide wide-hi}
 CONT_LR=${CONT_LR:-0.0005}

@@ -6,7 +6,7 @@ extra reasoning layers start as copies of the trained ones in order (layers 0, 1
 progressive stacking of Gong et al., ICML 2019). Everything else keeps its fresh initialisation. The text encoder
 comes from its pretrained source, as in any run.
 
-    python scripts/transfer_weights.py --source src/lgrnet/weights/synthref-tiny --config configs/synthref-tiny.yaml \
+    python scripts/transfer_weights.py --source src/lgrnet/weights/synthref-small --config configs/synthref-tiny.yaml \
         --set model.num_layers=6 --repeat-layers --out runs/init-6-layers
 """
 

@@ -511,3 +511,72 @@ def _resolve(source: str, seen: tuple[str, ...]) -> dict[str, Any]:
         return data
     base_path = base if base in PRESETS else str(path.parent / base)
     return _deep_merge(_resolve(base_path, seen + (str(path.resolve()),)), data)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training configs that start from a model folder (train.init_from)
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value and key not in _OPAQUE_DICTS:
+            keys |= _leaf_keys(value, dotted)
+        else:
+            keys.add(dotted)
+    return keys
+
+
+def _yaml_chain_keys(source: str) -> set[str]:
+    """Keys the YAML file ``source`` and the YAML files of its ``base:`` chain set (a preset's are not counted)."""
+    keys: set[str] = set()
+    seen: set[str] = set()
+    path: Path | None = Path(source)
+    while path is not None and path.is_file() and str(path.resolve()) not in seen:
+        seen.add(str(path.resolve()))
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            break
+        base = data.pop("base", None)
+        keys |= _leaf_keys(data)
+        path = None if base is None or base in PRESETS else path.parent / base
+    return keys
+
+
+def explicit_keys(source: str | Path | dict[str, Any] | Config, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys a config source sets on purpose: those in its YAML file and the YAML files of its
+    ``base:`` chain, and those of the overrides. Values that come from a preset (``base: lgrnet-tiny``) or from
+    the defaults are not explicit. A :class:`Config` object sets every key."""
+    if isinstance(source, Config):
+        keys = _leaf_keys(source.to_dict())
+    elif isinstance(source, dict):
+        keys = _leaf_keys(source)
+    elif str(source) in PRESETS:
+        keys = set()
+    else:
+        keys = _yaml_chain_keys(str(source))
+    for item in overrides or []:
+        dotted, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        dotted = dotted.strip()
+        keys |= _leaf_keys(value, dotted) if isinstance(value, dict) and value else {dotted}
+    return keys
+
+
+def load_train_config(source: str | Path | dict[str, Any] | Config = "lgrnet-swin-s",
+                      overrides: list[str] | None = None) -> Config:
+    """:func:`load_config` for a training run. When ``train.init_from`` names a model (a folder, a training output
+    folder, a shipped name such as ``synthref``), it is resolved to its local folder and the run's ``model``
+    section is that folder's, except for the ``model.*`` keys the user's YAML files or ``--set`` give on purpose
+    (:func:`explicit_keys`), which win; a setting that then does not fit the folder's weights is a one-line error
+    naming it (:func:`lgrnet.model.io.init_from_config`)."""
+    config = load_config(source, overrides)
+    if not config.train.init_from:
+        return config
+    from lgrnet.model.io import init_from_config
+
+    return init_from_config(config, explicit_keys(source, overrides))

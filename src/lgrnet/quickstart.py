@@ -2,7 +2,7 @@
 
 1. A SynthRef set (:mod:`lgrnet.synth`) is generated once and cached: val/testA/testB for evaluation (200
    expressions each by default) and a small train split for the fine-tune.
-2. The start model is the shipped SynthRef model (``lgrnet/weights/synthref-tiny/``: ``config.yaml`` +
+2. The start model is the shipped SynthRef model (``lgrnet/weights/synthref-small/``: ``config.yaml`` +
    ``model.safetensors`` without the frozen MiniLM text encoder, which is loaded from its package) or, with
    ``--from-scratch`` or when the package holds no shipped weights (said plainly), a fresh ``lgrnet-tiny``.
 3. It is evaluated on val/testA/testB with the engine's :func:`lgrnet.engine.evaluate.evaluate`, trained for a
@@ -30,7 +30,7 @@ from lgrnet.config import Config, load_config
 from lgrnet.errors import CheckpointError, LGRNetError
 
 #: Where the package keeps the shipped SynthRef model (absent until it has been trained and exported).
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "synthref-tiny"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "synthref-small"
 #: Environment variable naming another shipped-model folder (tests, or a model trained elsewhere).
 SHIPPED_MODEL_ENV = "LGRNET_SHIPPED_MODEL"
 EVAL_SPLITS = ("val", "testA", "testB")

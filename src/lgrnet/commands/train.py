@@ -32,10 +32,11 @@ def handle(args: argparse.Namespace) -> int:
 
     start = time.monotonic()  # the wall-clock budget (train.time_limit_minutes) includes start-up
 
-    from lgrnet.config import load_config
+    from lgrnet.config import load_train_config
     from lgrnet.engine.train import train
 
-    config = load_config(args.config, args.overrides)
+    # train.init_from (a model folder or a shipped name such as synthref) gives the run its model architecture.
+    config = load_train_config(args.config, args.overrides)
     output_dir = Path(args.output_dir or Path("runs") / config.name)
     result = train(config, output_dir, resume=args.resume, device=args.device, start_time=start)
     summary = {"output_dir": str(result.output_dir), "epochs": result.epoch, "steps": result.step,

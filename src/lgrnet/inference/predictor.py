@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from huggingface_hub import ModelHubMixin
 from PIL import Image
 
 from lgrnet.config import Config
-from lgrnet.errors import CheckpointError, DataError, LGRNetError
+from lgrnet.errors import DataError, LGRNetError
 from lgrnet.inference.attention import (
     Letterbox,
     attention_on_image,
@@ -172,7 +171,8 @@ class Predictor(
         local_files_only: bool = False,
         **kwargs: Any,
     ) -> Predictor:
-        """Load a checkpoint folder (``config.yaml`` + ``model.safetensors``) or a hub id ("owner/name")."""
+        """Load a checkpoint folder (``config.yaml`` + ``model.safetensors``), a training output folder, a shipped
+        model name (``"synthref"``) or a hub id ("owner/name")."""
         folder = resolve_checkpoint(path_or_hub_id, revision=revision, cache_dir=cache_dir, token=token,
                                     local_files_only=local_files_only)
         from lgrnet.model.io import load_model
@@ -369,33 +369,13 @@ def _preview(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A local checkpoint folder, or a hub id downloaded with ``snapshot_download``; CheckpointError otherwise."""
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        # A model folder, or a training output folder (its checkpoints/best, else checkpoints/last).
-        from lgrnet.engine.evaluate import resolve_model_folder
+    """A model folder, a training output folder (its checkpoints/best, else last), a shipped model name
+    (``synthref``) or a hub id downloaded with ``snapshot_download``
+    (:func:`lgrnet.model.registry.resolve_model`); CheckpointError otherwise."""
+    from lgrnet.model.registry import resolve_model
 
-        return Path(resolve_model_folder(str(path)))
-    if path.exists():
-        raise CheckpointError(f"checkpoint {path}: expected a folder holding config.yaml and model.safetensors")
-    name = str(path_or_hub_id)
-    if not _HUB_ID.match(name) or Path(name.split("/")[0]).exists():
-        raise CheckpointError(f"checkpoint {name}: no such folder")
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(repo_id=name, allow_patterns=["config.yaml", "*.safetensors", "*.json"],
-                                   **{k: v for k, v in hub_kwargs.items() if v is not None})
-    except Exception as exc:  # network down, repository missing, gated: one line for the user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"checkpoint {name}: not a local folder, and the hub download failed ({first})") from None
-    if not (Path(folder) / "config.yaml").is_file():
-        raise CheckpointError(f"checkpoint {name}: the hub repository has no config.yaml (not an lgrnet model)")
-    return Path(folder)
+    return resolve_model(path_or_hub_id, "checkpoint", **hub_kwargs)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:

@@ -14,9 +14,8 @@ import torch
 
 from lgrnet.config import Config, ConfigError, load_config
 from lgrnet.errors import CheckpointError
+from lgrnet.model.registry import CONFIG_FILE, WEIGHTS_FILE, resolve_model
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
 TEXT_PREFIX = "text."
 
 
@@ -38,31 +37,16 @@ def save_model(model: torch.nn.Module, config: Config, folder: str | Path) -> Pa
     return folder
 
 
-def _resolve_folder(path_or_hub_id: str | Path) -> Path:
-    path = Path(path_or_hub_id)
-    if path.is_dir():
-        return path
-    text = str(path_or_hub_id)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise CheckpointError(f"model folder {text} does not exist (expected a folder with {CONFIG_FILE} and "
-                              f"{WEIGHTS_FILE}, or a Hugging Face hub id owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=text, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]))
-    except Exception as exc:  # network, auth, missing repo: one clear line
-        raise CheckpointError(f"cannot download model {text!r} from the Hugging Face hub: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu"):
-    """Load a model folder (or hub id) written by :func:`save_model`; returns ``(LGRNet in eval mode, Config)``."""
+def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu", what: str = "model"):
+    """Load a model written by :func:`save_model`: a model folder, a training output folder, a shipped model name
+    (``synthref``) or a hub id (:func:`lgrnet.model.registry.resolve_model`; ``what`` names the argument in
+    errors). Returns ``(LGRNet in eval mode, Config)``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from lgrnet.model.lgrnet import LGRNet
 
-    folder = _resolve_folder(path_or_hub_id)
+    folder = resolve_model(path_or_hub_id, what)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for needed in (config_path, weights_path):
         if not needed.is_file():
@@ -96,3 +80,105 @@ def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu"):
                               f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model")
     model.load_state_dict(state, strict=False)
     return model.to(device).eval(), config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train.init_from: the architecture of the run comes from the folder it starts from
+
+# Model/loss settings that change neither the names nor the shapes of the weights: a config may differ from the
+# init folder in these on purpose (fine-tuning with dropout, say) without a mismatch. Listed so that a mismatch
+# names the setting that breaks the weights rather than a harmless one that also differs.
+_WEIGHT_NEUTRAL = {
+    "model.dropout", "model.num_heads", "model.init", "model.visual_pos_init", "model.visual_pos_input",
+    "model.text.pretrained", "model.text.freeze", "model.text.save_weights", "model.text.lowercase",
+    "model.text.num_mean_layers", "model.visual.drop_path_rate", "model.visual.checkpoint",
+    "model.visual.swin_pad_before_shift",
+}
+
+
+def _flatten(data: dict, prefix: str) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}"
+        if isinstance(value, dict) and key not in ("timm_kwargs", "config_overrides"):
+            flat.update(_flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _set_dotted(data: dict, dotted: str, value: object) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = copy.deepcopy(value)
+
+
+def _weights_misfit(config: Config, weights_path: Path) -> str | None:
+    """Why ``weights_path`` does not load into the model ``config`` describes (None: it does). The model is built
+    on the meta device (no memory, no weights read) and compared with the file's header."""
+    from safetensors import safe_open
+
+    from lgrnet.model.lgrnet import LGRNet
+
+    build = copy.deepcopy(config)
+    build.model.text.pretrained = False  # architecture only
+    build.model.visual.checkpoint = None
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in LGRNet(build.model, build.loss).state_dict().items()}
+    with safe_open(str(weights_path), "pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
+    text_saved = any(k.startswith(TEXT_PREFIX) for k in stored)
+    for key, shape in expected.items():
+        if key.startswith(TEXT_PREFIX) and not text_saved:
+            continue
+        if key not in stored:
+            return f"the folder's weights have no {key}"
+        if stored[key] != shape:
+            return f"{key} is {stored[key]} in the folder's weights, {shape} in the config's model"
+    extra = [k for k in stored if k not in expected]
+    return f"the config's model has no {extra[0]}" if extra else None
+
+
+def init_from_config(config: Config, explicit: set[str]) -> Config:
+    """``config`` for a run that starts from ``train.init_from`` (a model folder, training output folder, shipped
+    name such as ``synthref``, or hub id): ``train.init_from`` becomes the resolved local folder, and the ``model``
+    section is the folder's, except for the ``model.*`` keys in ``explicit`` (set on purpose by the user's YAML
+    files or ``--set``, not by a preset), which keep the config's values. When the result does not fit the
+    folder's weights: CheckpointError naming the first differing setting."""
+    ref = str(config.train.init_from)
+    what = "train.init_from"
+    folder = resolve_model(ref, what)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise CheckpointError(f"{what} {ref}: model folder {folder} has no {needed.name}")
+    try:
+        source = load_config(config_path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{what} {ref}: {config_path}: {exc}") from None
+    data = config.to_dict()
+    model = source.to_dict()["model"]
+    ours = _flatten(data["model"], "model")
+    for key in sorted(k for k in explicit if k in ours):
+        _set_dotted(model, key.split(".", 1)[1], ours[key])
+    data["model"] = model
+    data["train"]["init_from"] = str(folder.resolve())
+    try:
+        result = load_config(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{what} {ref}: {exc}") from None
+    theirs = {**_flatten(source.to_dict()["model"], "model"), **_flatten(source.to_dict()["loss"], "loss")}
+    now = {**_flatten(result.to_dict()["model"], "model"), **_flatten(result.to_dict()["loss"], "loss")}
+    differing = [k for k in now if now[k] != theirs.get(k)]
+    if not differing:
+        return result
+    misfit = _weights_misfit(result, weights_path)
+    if misfit is None:
+        return result
+    key = next((k for k in differing if k not in _WEIGHT_NEUTRAL and not k.startswith("loss.")),
+               next((k for k in differing if k == "loss.align"), differing[0]))
+    fix = (f"leave {key} out of the config to take the folder's" if key.startswith("model.")
+           else f"set {key} to the folder's value")
+    raise CheckpointError(f"{what} {ref}: {key} is {theirs.get(key)!r} in the model folder but {now[key]!r} in the "
+                          f"config ({misfit}); {fix}")

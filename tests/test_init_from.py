@@ -1,0 +1,159 @@
+"""``train.init_from``: a model folder or a shipped name gives the run its architecture (load_train_config), the
+config's own model keys win only where the user set them on purpose, and a mismatch is a one-line error naming
+the setting. End to end: ``lgrnet train --config configs/custom.yaml --set data.root=DIR`` fine-tunes the shipped
+model (here a tiny stand-in named through $LGRNET_SHIPPED_MODEL)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lgrnet.cli import main
+from lgrnet.config import explicit_keys, load_config, load_train_config, tiny_twin
+from lgrnet.errors import CheckpointError
+from lgrnet.model.registry import SHIPPED_MODEL_ENV, has_model, shipped_model_folder
+
+REPO = Path(__file__).resolve().parents[1]
+CUSTOM = REPO / "configs" / "custom.yaml"
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _one_line_error(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lgrnet {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A tiny model folder whose architecture differs from every preset (2 reasoning layers of width 32)."""
+    from lgrnet.model.io import save_model
+    from lgrnet.model.lgrnet import LGRNet
+
+    config = tiny_twin("lgrnet-tiny")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("init") / "tiny"
+    save_model(LGRNet(config.model, config.loss), config, path)
+    return path
+
+
+def _yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_the_architecture_comes_from_the_init_folder(folder, tmp_path):
+    user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n  lr: 0.001\n")
+    config = load_train_config(user)
+    assert config.model == load_config(folder / "config.yaml").model
+    assert config.model != load_config("lgrnet-tiny").model  # the preset's model is not what runs
+    assert config.train.init_from == str(folder.resolve()) and config.train.lr == 0.001
+    assert load_config(user).model == load_config("lgrnet-tiny").model  # plain load_config leaves it alone
+
+
+def test_explicit_model_keys_win_when_the_weights_still_fit(folder, tmp_path):
+    user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n")
+    config = load_train_config(user, ["model.dropout=0.2", "model.visual_pos_input=false"])
+    assert config.model.dropout == 0.2 and config.model.visual_pos_input is False
+    assert config.model.num_layers == 2 and config.model.hidden_dim == 32  # the rest is the folder's
+
+
+def test_a_setting_that_breaks_the_weights_is_named(folder, tmp_path):
+    user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n")
+    with pytest.raises(CheckpointError) as info:
+        load_train_config(user, ["model.dropout=0.2", "model.num_layers=3"])
+    message = str(info.value)
+    assert message.startswith(f"train.init_from {folder}: model.num_layers is 2 in the model folder but 3 in the "
+                              "config (")
+    assert "\n" not in message
+    # A key set by a YAML file of the base chain is on purpose too.
+    parent = _yaml(tmp_path / "parent.yaml", "base: lgrnet-tiny\nmodel:\n  hidden_dim: 64\n")
+    child = _yaml(tmp_path / "child.yaml", f"base: {parent.name}\ntrain:\n  init_from: {folder}\n")
+    with pytest.raises(CheckpointError, match="model.hidden_dim is 32 in the model folder but 64 in the config"):
+        load_train_config(child)
+
+
+def test_explicit_keys_count_yaml_files_and_overrides_not_presets(tmp_path):
+    _yaml(tmp_path / "parent.yaml", "base: lgrnet-tiny\nmodel:\n  visual:\n    timm_kwargs: {a: 1}\n")
+    child = _yaml(tmp_path / "child.yaml", "base: parent.yaml\nname: x\ntrain:\n  lr: 0.1\n")
+    keys = explicit_keys(child, ["model.num_layers=4", "data.augment={crop: true, flip: false}"])
+    assert keys == {"name", "train.lr", "model.visual.timm_kwargs", "model.num_layers", "data.augment.crop",
+                    "data.augment.flip"}
+    assert explicit_keys("lgrnet-small") == set()
+
+
+def test_shipped_name_and_custom_yaml_fine_tune_end_to_end(folder, tmp_path, monkeypatch):
+    """The custom-data command with nothing but the data folder (and tiny limits for the test) starts from the
+    shipped model: its weights are the run's step-0 weights and its architecture the run's."""
+    from safetensors.torch import load_file
+
+    from lgrnet.synth import ensure_synthref
+
+    data = tmp_path / "data"
+    ensure_synthref(data, seed=2, num_train=8, num_val=4, num_test=0, workers=1)
+    monkeypatch.setenv(SHIPPED_MODEL_ENV, str(folder))
+    assert load_config(CUSTOM).train.init_from == "synthref"
+    out = tmp_path / "run"
+    code, stdout, stderr = _cli(["train", "--config", str(CUSTOM), "--set", f"data.root={data}",
+                                 "--set", "train.max_steps=1", "--set", "train.batch_size=4",
+                                 "--set", "data.num_workers=0", "--set", "train.warmup_steps=0",
+                                 "--output-dir", str(out), "--device", "cpu"])
+    assert code == 0, stderr
+    assert f"initialised from {folder.resolve()}" in stdout
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 1
+    run_config = load_config(out / "config.yaml")
+    assert run_config.model == load_config(folder / "config.yaml").model and run_config.name == "custom"
+    best = out / "checkpoints" / "best"
+    assert has_model(best)
+    start, tuned = load_file(str(folder / "model.safetensors")), load_file(str(best / "model.safetensors"))
+    assert start.keys() == tuned.keys()
+    # One step moved the weights a little from the start weights (not from a fresh initialisation).
+    key = "head.layers.0.weight"
+    assert 0 < (tuned[key] - start[key]).abs().max() < 0.05
+
+
+def test_bad_init_from_is_a_one_line_error(folder, tmp_path):
+    code, _, err = _cli(["train", "--config", str(CUSTOM), "--set", "train.init_from=synthref-tiny",
+                         "--output-dir", str(tmp_path / "x")])
+    line = _one_line_error(err, "train")
+    assert code == 2 and "train.init_from synthref-tiny: no such folder" in line
+    assert "shipped models: synthref, synthref-small" in line
+    user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n")
+    code, _, err = _cli(["train", "--config", str(user), "--set", "model.image_size=256",
+                         "--output-dir", str(tmp_path / "x")])
+    line = _one_line_error(err, "train")
+    assert code == 2 and "model.image_size is 128 in the model folder but 256 in the config" in line
+    assert not (tmp_path / "x").exists()
+
+
+def test_init_from_null_trains_the_preset_model():
+    config = load_train_config(CUSTOM, ["train.init_from=null"])
+    assert config.train.init_from is None and config.model == load_config("lgrnet-small").model
+
+
+@pytest.mark.skipif(not has_model(shipped_model_folder("synthref-small")), reason="no shipped model in this build")
+def test_custom_yaml_takes_the_shipped_models_architecture(monkeypatch):
+    monkeypatch.delenv(SHIPPED_MODEL_ENV, raising=False)
+    shipped = shipped_model_folder("synthref-small")
+    config = load_train_config(CUSTOM, ["data.root=somewhere"])
+    assert config.model == load_config(shipped / "config.yaml").model
+    assert Path(config.train.init_from) == shipped.resolve()
+    # The setting that used to end in size mismatches: a tiny-based config starting from the shipped lgrnet-small.
+    config = load_train_config(CUSTOM, ["train.init_from=synthref-small"])
+    assert config.model.num_layers == 6 and config.model.hidden_dim == 256
+    with pytest.raises(CheckpointError, match=r"^train.init_from synthref: model.num_layers is 6 in the model "
+                                              r"folder but 3 in the config \("):
+        load_train_config(CUSTOM, ["model.num_layers=3"])
