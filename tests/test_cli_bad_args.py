@@ -121,6 +121,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("info-unknown-key", ["info", "--preset", "lgrnet-tiny", "--set", "model.nope=1"], ["model.nope"]),
     ("info-unknown-key-in-file", ["info", "--config", "{badconfig}"], ["nope"]),
     ("info-wrong-type", ["info", "--preset", "lgrnet-tiny", "--set", "train.lr=abc"], ["train.lr", "abc"]),
+    ("info-unknown-option", ["info", "--presett", "lgrnet-tiny"], ["--presett"]),
     ("info-bad-override", ["info", "--set", "model.image_size"], ["model.image_size"]),
     # data
     ("data-missing-root", ["data", "stats", "--format", "jsonl", "--root", MISSING + ".jsonl"], ["missing.jsonl"]),
@@ -138,6 +139,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("synth-out-is-file", ["synth", "--out", "{file}", "--num-train", "2", "--quiet"], ["--out", "{file}"]),
     ("synth-wrong-type", ["synth", "--out", "{root}/s", "--num-train", "abc"], ["--num-train", "abc"]),
     ("synth-negative", ["synth", "--out", "{root}/s", "--num-train", "-1", "--quiet"], ["-1"]),
+    ("synth-unknown-option", ["synth", "--out", "{root}/s", "--num-tests", "3"], ["--num-tests"]),
     ("synth-workers", ["synth", "--out", "{root}/s", "--workers", "0"], ["--workers"]),
     # train (nothing is trained: each fails before the first step)
     ("train-missing-config", ["train", "--config", MISSING + ".yaml"], ["missing.yaml"]),
@@ -162,6 +164,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("eval-unknown-data-key", ["eval", "--checkpoint", "{ckpt}", "--data", "jsonl:{data},nope=1"], ["nope"]),
     ("eval-missing-split", ["eval", "--checkpoint", "{ckpt}", "--data", "{data}", "--split", "testC"], ["testC"]),
     ("eval-wrong-type", ["eval", "--checkpoint", "{ckpt}", "--batch-size", "big"], ["--batch-size", "big"]),
+    ("eval-unknown-option", ["eval", "--checkpoint", "{ckpt}", "--dataset", "{data}"], ["--dataset"]),
     ("eval-output-under-file", ["eval", "--checkpoint", "{ckpt}", "--data", "{data}",
                                 "--output", "{file}/preds.jsonl"], ["{file}"]),
     # predict
@@ -180,6 +183,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
                                    "--output", "{file}/p.jsonl"], ["--output", "{file}"]),
     ("predict-wrong-precision", ["predict", "--checkpoint", "{ckpt}", "--image", "{image}", "--text", "a",
                                  "--precision", "fp64"], ["--precision", "fp64"]),
+    ("predict-unknown-option", ["predict", "--checkpoint", "{ckpt}", "--imgae", "{image}", "--text", "a"],
+     ["--imgae"]),
     ("predict-wrong-type", ["predict", "--checkpoint", "{ckpt}", "--input", "{requests}", "--output",
                             "{root}/p.jsonl", "--batch-size", "x"], ["--batch-size", "'x'"]),
     # demo (argument checks only: every case fails before a server would start)
@@ -187,6 +192,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("demo-other-arch", ["demo", "--checkpoint", "{other}"], ["{other}"]),
     ("demo-unknown-key-in-checkpoint", ["demo", "--checkpoint", "{badkey}"], ["{badkey}", "nope"]),
     ("demo-port-range", ["demo", "--checkpoint", "{ckpt}", "--port", "70000"], ["--port", "70000"]),
+    ("demo-unknown-option", ["demo", "--checkpoint", "{ckpt}", "--share"], ["--share"]),
     ("demo-wrong-type", ["demo", "--checkpoint", "{ckpt}", "--port", "http"], ["--port", "http"]),
     # benchmark (fails before a model is built)
     ("benchmark-missing-config", ["benchmark", "--config", MISSING + ".yaml"], ["missing.yaml"]),

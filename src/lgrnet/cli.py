@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the command's name (argparse would report them as the top-level parser's)
+        prog = f"lgrnet {args.command}" if getattr(args, "command", None) else "lgrnet"
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
