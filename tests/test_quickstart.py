@@ -18,10 +18,10 @@ from script_helpers import load_script
 
 from lgrnet.cli import main
 from lgrnet.config import load_config, tiny_twin
+from lgrnet.model.registry import SHIPPED_MODEL_ENV
 from lgrnet.quickstart import (
     EVAL_SPLITS,
     SHIPPED_MODEL_DIR,
-    SHIPPED_MODEL_ENV,
     check_recorded,
     has_model,
 )
@@ -80,9 +80,9 @@ def test_outputs_have_the_documented_shape(scratch):
     # From scratch, "before" is the untrained model on val only (chance level on every split).
     assert set(m["before"]) == {"val"}
     for metrics in (m["val"], m["testA"], m["testB"], m["before"]["val"]):
-        assert 0.0 <= metrics["acc@0.5"] <= 100.0 and 0.0 <= metrics["miou"] <= 100.0
+        assert 0.0 <= metrics["acc50"] <= 100.0 and 0.0 <= metrics["miou"] <= 100.0
         assert metrics["count"] == NUM_EVAL
-    assert m["train"]["loss_first"] > 0 and m["train"]["loss_last"] > 0
+    assert m["train"]["loss_before"] > 0 and m["train"]["loss_after"] > 0
     assert m["minutes"] == 5.0
     assert has_model(out / "model") and not (out / "model" / "training_state.pt").exists()
     assert not (out / "train" / "init").exists()  # the hand-off folder is cleaned up
@@ -103,7 +103,7 @@ def test_model_folder_loads_in_eval_and_predict(scratch):
     # `lgrnet eval --checkpoint DIR/model` uses the folder's own data config: the cached SynthRef set.
     result = evaluate_checkpoint(str(folder), split="testA", device="cpu")
     assert result["count"] == NUM_EVAL
-    assert round(result["acc50"], 2) == scratch["metrics"]["testA"]["acc@0.5"]
+    assert round(result["acc50"], 2) == scratch["metrics"]["testA"]["acc50"]
     assert round(result["miou"], 2) == scratch["metrics"]["testA"]["miou"]
     predictor = Predictor.from_pretrained(folder, device="cpu")
     image = next((Path(scratch["metrics"]["data"]["root"]) / "images" / "val").iterdir())
@@ -130,12 +130,84 @@ def test_shipped_weights_are_loaded_and_fine_tuned(work, scratch):
     for split in EVAL_SPLITS:
         assert m["before"][split] == scratch["metrics"][split]
     assert has_model(out / "model")
+    # The loss before -> after is the mean over the same fixed train expressions (all 8 here), for each model.
+    from lgrnet.model.io import load_model
+    from lgrnet.quickstart import fixed_set_loss
+
+    start_model, _ = load_model(weights)
+    final_model, final_config = load_model(out / "model")
+    assert m["train"]["loss_samples"] == 8
+    assert m["train"]["loss_before"] == pytest.approx(fixed_set_loss(start_model, final_config, "cpu")[0], rel=1e-5)
+    assert m["train"]["loss_after"] == pytest.approx(fixed_set_loss(final_model, final_config, "cpu")[0], rel=1e-5)
+    assert f"mean loss on 8 fixed train expressions {m['train']['loss_before']:.3f} -> " in stdout
+
+
+def test_zero_minutes_evaluates_the_start_model_only(work, scratch):
+    """--train-minutes 0 with a model folder whose config names data that is not on this machine (as the shipped
+    model's did): evaluated on the cached SynthRef set and written with that data, no training."""
+    from lgrnet.config import load_config
+
+    weights = work["root"] / "shipped-elsewhere"
+    shutil.copytree(scratch["out"] / "model", weights)
+    config = load_config(weights / "config.yaml", ["data.root=data/synthref-60k"])
+    (weights / "config.yaml").write_text(config.to_yaml())
+    out = work["root"] / "zero"
+    args = _tiny_args(work, out)
+    args[args.index("--max-steps") + 1] = "0"
+    args[args.index("--train-minutes") + 1] = "0"
+    code, stdout, stderr = _quickstart([*args, "--checkpoint", str(weights)])
+    assert code == 0, stderr
+    assert "no training" in stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["steps"] == 0 and m["train"]["loss_before"] is None
+    for split in EVAL_SPLITS:  # the same weights on the same data: before, after and the run that made them
+        assert m["before"][split] == m[split] == scratch["metrics"][split]
+    assert load_config(out / "model" / "config.yaml").data.root == m["data"]["root"]
+    assert not (out / "train").exists() and not list(out.glob(".quickstart-*"))
+
+
+def test_a_failed_run_leaves_the_output_folder_as_it_was(work, scratch):
+    broken = work["root"] / "broken"
+    shutil.copytree(scratch["out"] / "model", broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    fresh = work["root"] / "fresh-out"
+    code, _, err = _quickstart([*_tiny_args(work, fresh), "--checkpoint", str(broken)])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "not a readable safetensors file" in lines[0] and "Traceback" not in err
+    assert not fresh.exists()
+    previous = work["root"] / "previous-out"
+    shutil.copytree(scratch["out"], previous)
+    before = sorted(str(p.relative_to(previous)) for p in previous.rglob("*"))
+    metrics = (previous / "metrics.json").read_text()
+    code, _, err = _quickstart([*_tiny_args(work, previous), "--checkpoint", str(broken)])
+    assert code == 2
+    assert sorted(str(p.relative_to(previous)) for p in previous.rglob("*")) == before
+    assert (previous / "metrics.json").read_text() == metrics
+    code, _, err = _quickstart([*_tiny_args(work, previous / "metrics.json" / "x")])
+    assert code == 2 and "metrics.json, which is a file" in err
+
+
+def test_metrics_use_the_engines_names_and_old_records_still_read(work, scratch, tmp_path):
+    from lgrnet.quickstart import read_metrics
+
+    assert set(scratch["metrics"]["val"]) == {"acc50", "acc75", "miou", "orig_acc50", "count"}
+    assert read_metrics({"acc@0.5": 1.0, "acc@0.75": 2.0, "acc@0.5_original": 3.0, "miou": 4.0}) == \
+        {"acc50": 1.0, "acc75": 2.0, "orig_acc50": 3.0, "miou": 4.0}
+    folder = tmp_path / "old"
+    shutil.copytree(scratch["out"] / "model", folder)
+    (folder / "metrics.json").write_text(json.dumps({"sample": {"seed": 0, "split": "val", "num": NUM_EVAL,
+                                                                "acc@0.5": 12.5}}))
+    measured, recorded, num = check_recorded(folder, work["cache"])
+    assert (recorded, num) == (12.5, NUM_EVAL) and measured == scratch["metrics"]["val"]["acc50"]
 
 
 def test_bad_arguments_are_one_line_errors(work):
     out = work["root"] / "bad"
-    code, _, err = _quickstart([*_tiny_args(work, out), "--weights", str(work["root"] / "nowhere")])
-    assert code == 2 and "--weights" in err and "not a model folder" in err
+    code, _, err = _quickstart([*_tiny_args(work, out), "--checkpoint", str(work["root"] / "nowhere")])
+    assert code == 2 and "--checkpoint" in err and "nowhere: no such folder" in err
+    code, _, err = _quickstart([*_tiny_args(work, out), "--weights", "synthref-tiny"])  # the old option name
+    assert code == 2 and "--checkpoint synthref-tiny" in err and "shipped models: synthref, synthref-small" in err
+    assert not out.exists()  # nothing left behind
     code, _, err = _quickstart([*_tiny_args(work, out), "--num-eval", "0"])
     assert code == 2 and "--num-eval 0" in err
     code, _, err = _quickstart([*_tiny_args(work, out), "--threads", "0"])

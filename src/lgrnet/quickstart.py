@@ -2,14 +2,17 @@
 
 1. A SynthRef set (:mod:`lgrnet.synth`) is generated once and cached: val/testA/testB for evaluation (200
    expressions each by default) and a small train split for the fine-tune.
-2. The start model is the shipped SynthRef model (``lgrnet/weights/synthref-small/``: ``config.yaml`` +
-   ``model.safetensors`` without the frozen MiniLM text encoder, which is loaded from its package) or, with
-   ``--from-scratch`` or when the package holds no shipped weights (said plainly), a fresh ``lgrnet-tiny``.
+2. The start model is the shipped SynthRef model (``synthref``, the folder ``lgrnet/weights/synthref-small/``:
+   ``config.yaml`` + ``model.safetensors`` without the frozen MiniLM text encoder, which is loaded from its
+   package; ``--checkpoint`` names another model) or, with ``--from-scratch`` or when the package holds no shipped
+   weights (said plainly), a fresh ``lgrnet-tiny``.
 3. It is evaluated on val/testA/testB with the engine's :func:`lgrnet.engine.evaluate.evaluate`, trained for a
    wall-clock budget with the engine's :func:`lgrnet.engine.train.train` (``train.time_limit_minutes``; the start
    weights enter through ``train.init_from``), written to ``DIR/model/`` and evaluated again.
-4. ``DIR/metrics.json`` holds the final model's metrics per split plus ``before``; ``DIR/predictions.png`` a grid
-   of the final model's predictions on val (ground truth, predicted box, coordinate point, expression).
+4. ``DIR/metrics.json`` holds the final model's metrics per split (the engine's names: ``acc50``, ``acc75``,
+   ``miou``, ``orig_acc50``, ``count``) plus ``before``; ``DIR/predictions.png`` a grid of the final model's
+   predictions on val (ground truth, predicted box, coordinate point, expression). ``--train-minutes 0`` evaluates
+   the start model only. A run that fails leaves the output folder as it was (a new one is removed).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,24 +32,20 @@ import torch
 
 from lgrnet.config import Config, load_config
 from lgrnet.errors import CheckpointError, LGRNetError
+from lgrnet.model.registry import DEFAULT_MODEL, has_model, shipped_model_folder
 
 #: Where the package keeps the shipped SynthRef model (absent until it has been trained and exported).
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "synthref-small"
-#: Environment variable naming another shipped-model folder (tests, or a model trained elsewhere).
-SHIPPED_MODEL_ENV = "LGRNET_SHIPPED_MODEL"
+SHIPPED_MODEL_DIR = shipped_model_folder("synthref-small")
 EVAL_SPLITS = ("val", "testA", "testB")
 #: In a shipped-model folder: the val accuracy recorded at export on a fixed SynthRef sample (see check_recorded).
 RECORD_FILE = "metrics.json"
+#: Expressions of the train split whose mean loss is reported before and after training (the same batches).
+LOSS_SAMPLES = 64
 
 
 def shipped_model_dir() -> Path:
     """The folder the quickstart loads the shipped model from (``$LGRNET_SHIPPED_MODEL`` or the package's)."""
-    env = os.environ.get(SHIPPED_MODEL_ENV)
-    return Path(env) if env else SHIPPED_MODEL_DIR
-
-
-def has_model(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "model.safetensors").is_file()
+    return shipped_model_folder(DEFAULT_MODEL)
 
 
 def default_cache_dir() -> Path:
@@ -64,7 +64,7 @@ class QuickstartOptions:
     num_eval: int = 100  # expressions in each of val, testA, testB
     num_train: int = 3000  # train expressions generated for the fine-tune
     seed: int = 0  # SynthRef seed and training seed
-    weights: Path | None = None  # shipped-model folder; None: shipped_model_dir()
+    checkpoint: str | Path | None = None  # start model (folder or shipped name); None: shipped_model_dir()
     config: str | Config = "lgrnet-tiny"  # the from-scratch model (preset name, YAML file or Config)
     overrides: list[str] = field(default_factory=list)  # "a.b=c" applied to the training config
     cache_dir: Path | None = None
@@ -129,14 +129,20 @@ def start_model(options: QuickstartOptions, say: Callable[[str], None]) -> _Star
     from lgrnet.model.io import load_model
 
     if not options.from_scratch:
-        folder = options.weights or shipped_model_dir()
+        if options.checkpoint is not None:  # the user named a model: an error, not a fallback, if it is not one
+            from lgrnet.model.registry import resolve_model
+
+            folder = resolve_model(options.checkpoint, "--checkpoint")
+            if not has_model(folder):
+                raise CheckpointError(f"--checkpoint {options.checkpoint}: not a model folder "
+                                      "(config.yaml + model.safetensors)")
+        else:
+            folder = shipped_model_dir()
         if has_model(folder):
             model, config = load_model(folder)
             note = f"Loaded the shipped SynthRef model from {folder}."
             say(note)
             return _Start(model, config, "shipped", note)
-        if options.weights is not None:  # the user named a folder: that is an error, not a fallback
-            raise CheckpointError(f"--weights {folder}: not a model folder (config.yaml + model.safetensors)")
         model, config = _fresh_model(options)
         note = (f"No shipped SynthRef model in this build ({folder} holds no config.yaml + model.safetensors). "
                 f"Running the --from-scratch path instead: a fresh {config.name} trained for "
@@ -209,10 +215,47 @@ def evaluate_splits(model: torch.nn.Module, config: Config, device: str,
 
 
 def summarize(metrics: dict[str, float]) -> dict[str, float]:
-    """The engine's metric names -> the quickstart's (``acc@0.5`` ...), in percent, rounded."""
-    return {"acc@0.5": round(metrics["acc50"], 2), "acc@0.75": round(metrics["acc75"], 2),
-            "miou": round(metrics["miou"], 2), "acc@0.5_original": round(metrics["orig_acc50"], 2),
+    """The engine's metrics (its names: ``acc50``, ``acc75``, ``miou``, ``orig_acc50``), in percent, rounded."""
+    return {"acc50": round(metrics["acc50"], 2), "acc75": round(metrics["acc75"], 2),
+            "miou": round(metrics["miou"], 2), "orig_acc50": round(metrics["orig_acc50"], 2),
             "count": int(metrics["count"])}
+
+
+#: Metric names of files written before the engine's names were used everywhere (read, never written).
+_OLD_NAMES = {"acc@0.5": "acc50", "acc@0.75": "acc75", "acc@0.5_original": "orig_acc50"}
+
+
+def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A metrics mapping with the old spellings (``acc@0.5`` ...) renamed to the engine's (``acc50`` ...)."""
+    return {_OLD_NAMES.get(k, k): v for k, v in metrics.items()}
+
+
+def fixed_set_loss(model: torch.nn.Module, config: Config, device: str,
+                   num: int = LOSS_SAMPLES) -> tuple[float, int]:
+    """Mean training loss of ``model`` on the first ``num`` train expressions (and how many there were), without
+    augmentation and in fixed batches: the same samples before and after training, so the two numbers compare."""
+    from lgrnet.data.dataset import build_dataloader
+    from lgrnet.data.readers import load_records
+    from lgrnet.engine.distributed import init_distributed
+    from lgrnet.model.text import build_tokenizer
+
+    info = init_distributed(device)
+    records = load_records(config.data, config.data.train_split)[:num]
+    loader = build_dataloader(records, config, build_tokenizer(config.model.text), train=False, batch_size=16,
+                              distributed=False)
+    model = model.to(info.device)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                batch = batch.to(info.device)
+                total += float(model(**batch.model_inputs()).loss) * len(batch)
+                count += len(batch)
+    finally:
+        model.train(was_training)
+    return total / max(count, 1), count
 
 
 def write_model_folder(checkpoint: Path, folder: Path) -> tuple[torch.nn.Module, Config]:
@@ -230,6 +273,13 @@ def write_model_folder(checkpoint: Path, folder: Path) -> tuple[torch.nn.Module,
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return load_model(folder)
+
+
+def _replace(staged: Path, final: Path) -> None:
+    """Move a finished file or folder into place (a folder replaces the previous one)."""
+    if staged.is_dir():
+        shutil.rmtree(final, ignore_errors=True)
+    staged.replace(final)
 
 
 def render_predictions(model: torch.nn.Module, config: Config, path: Path, count: int, device: str,
@@ -281,43 +331,48 @@ def format_table(before: dict[str, dict[str, float] | None], after: dict[str, di
     lines = [f"{'split':6s} {'n':>5s} {'Acc@0.5 before':>15s} {'Acc@0.5 after':>14s} {'mIoU after':>11s}"]
     for split in EVAL_SPLITS:
         b, a = before.get(split), after[split]
-        was = f"{b['acc@0.5']:14.1f}%" if b else f"{'-':>15s}"
-        lines.append(f"{split:6s} {a['count']:5d} {was} {a['acc@0.5']:13.1f}% {a['miou']:10.1f}%")
+        was = f"{b['acc50']:14.1f}%" if b else f"{'-':>15s}"
+        lines.append(f"{split:6s} {a['count']:5d} {was} {a['acc50']:13.1f}% {a['miou']:10.1f}%")
     return "\n".join(lines)
 
 
-def loss_trace(metrics_log: Path) -> tuple[float | None, float | None]:
-    """First and last logged training loss of the run (the engine's metrics.jsonl)."""
-    losses = []
-    if metrics_log.is_file():
-        for line in metrics_log.read_text().splitlines():
-            event = json.loads(line)
-            if event.get("kind") == "train" and "loss" in event:
-                losses.append(float(event["loss"]))
-    return (losses[0], losses[-1]) if losses else (None, None)
-
-
 def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the quickstart into ``options.output_dir``; returns what ``metrics.json`` holds."""
+    """Run the quickstart into ``options.output_dir``; returns what ``metrics.json`` holds. On failure the output
+    folder is left as it was (one this run created is removed)."""
+    from lgrnet.output_paths import check_output_dir
+
+    _check(options)
+    out = Path(options.output_dir)
+    check_output_dir(out, "--output-dir")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Everything is written into a staging folder and moved into place at the end.
+    stage = Path(tempfile.mkdtemp(prefix=".quickstart-", dir=out))
+    try:
+        report = _run(options, out, stage, say)
+    except BaseException:
+        shutil.rmtree(out if created else stage, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _run(options: QuickstartOptions, out: Path, stage: Path, say: Callable[[str], None]) -> dict[str, Any]:
     from lgrnet.engine.train import train
     from lgrnet.model.io import save_model
 
-    _check(options)
     t_start = time.perf_counter()
-    out = Path(options.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("train", "model"):  # a previous quickstart's run: the metrics log would otherwise append
-        shutil.rmtree(out / stale, ignore_errors=True)
     seconds: dict[str, float] = {}
-
     data_root = prepare_data(options, say)
     seconds["data"] = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
     start = start_model(options, say)
-    init = out / "train" / "init"
-    save_model(start.model, start.config, init)  # the exact start weights, handed to the trainer
+    init = stage / "init"
     config = training_config(start.config, options, data_root, init, fine_tune=start.source == "shipped")
+    # The exact start weights with the run's config (data: the cached SynthRef set), handed to the trainer or,
+    # without training, written as the output model.
+    save_model(start.model, config, init)
     if options.train_minutes == 0 and options.max_steps == 0 and start.source == "from-scratch":
         raise LGRNetError("--minutes 0: a model trained from scratch needs a training budget")
     # A fresh model is at chance on every split: its val score is shown, testA/testB are not spent time on.
@@ -325,32 +380,35 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
     say(f"Evaluating the {'shipped' if start.source == 'shipped' else 'untrained'} model on "
         f"{'/'.join(before_splits)} ...")
     before = evaluate_splits(start.model, config, options.device, before_splits)
+    training = options.train_minutes > 0 or options.max_steps > 0
+    loss_before, loss_samples = fixed_set_loss(start.model, config, options.device) if training else (None, 0)
     seconds["eval_before"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     steps, samples, stopped = 0, 0, ""
-    if options.train_minutes > 0 or options.max_steps > 0:
+    if training:
         say(f"Training for {options.train_minutes:g} min (batch {config.train.batch_size}) ...")
-        result = train(config, out / "train", device=options.device)
-        checkpoint = result.last_checkpoint or out / "train" / "checkpoints" / "last"
+        result = train(config, stage / "train", device=options.device)
+        checkpoint = result.last_checkpoint or stage / "train" / "checkpoints" / "last"
         steps, stopped = result.step, result.stopped_early
         samples = steps * config.train.batch_size * max(1, config.train.accumulation_steps)
     else:
+        say("--train-minutes 0: no training, the start model is evaluated and written as it is.")
         checkpoint = init
     seconds["train"] = time.perf_counter() - t0
-    loss_first, loss_last = loss_trace(out / "train" / "metrics.jsonl")
-    model, final_config = write_model_folder(checkpoint, out / "model")
+    model, final_config = write_model_folder(checkpoint, stage / "model")
     shutil.rmtree(init, ignore_errors=True)
 
     t0 = time.perf_counter()
     after = evaluate_splits(model, final_config, options.device)
+    loss_after = fixed_set_loss(model, final_config, options.device)[0] if training else None
     seconds["eval_after"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if options.num_examples:
         title = (f"{start.source}, {options.train_minutes:g} min training, val Acc@0.5 "
-                 f"{after['val']['acc@0.5']:.1f}%. Red: predicted box, yellow: predicted coordinate, "
+                 f"{after['val']['acc50']:.1f}%. Red: predicted box, yellow: predicted coordinate, "
                  "green dashed: ground truth")
-        render_predictions(model, final_config, out / "predictions.png", options.num_examples, options.device,
+        render_predictions(model, final_config, stage / "predictions.png", options.num_examples, options.device,
                            title)
     seconds["render"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
@@ -362,15 +420,25 @@ def run_quickstart(options: QuickstartOptions, say: Callable[[str], None] = prin
         "start": start.source,
         "note": start.note,
         "train": {"steps": steps, "samples_seen": samples, "batch_size": config.train.batch_size,
-                  "loss_first": loss_first, "loss_last": loss_last, "stopped": stopped or "completed"},
+                  "loss_before": loss_before, "loss_after": loss_after,
+                  "loss_samples": loss_samples, "stopped": stopped or "completed"},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "data": {"root": str(data_root), "seed": options.seed, "num_eval_per_split": options.num_eval,
                  "num_train": options.num_train},
         "model_dir": str(out / "model"),
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    # Into place: the training run (its log and checkpoints), the model, the grid, then the metrics.
+    for name in ("train", "model", "predictions.png", "metrics.json"):
+        if (stage / name).exists():
+            _replace(stage / name, out / name)
+        elif (out / name).is_dir():  # a previous run's, which this run does not replace
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
     say("")
-    losses = f", loss {loss_first:.3f} -> {loss_last:.3f}" if loss_first is not None else ""
+    losses = (f", mean loss on {loss_samples} fixed train expressions {loss_before:.3f} -> {loss_after:.3f}"
+              if loss_before is not None and loss_after is not None else "")
     say(f"Start: {start.source}. Trained {seconds['train'] / 60:.1f} min: {steps} steps, {samples} samples "
         f"seen{losses}.")
     say(format_table(before, after))
@@ -411,7 +479,7 @@ def check_recorded(folder: Path, cache: Path) -> tuple[float, float, int]:
     record_path = folder / RECORD_FILE
     if not record_path.is_file():
         raise CheckpointError(f"{folder}: no {RECORD_FILE} with the accuracy recorded at export")
-    record = json.loads(record_path.read_text())["sample"]
+    record = read_metrics(json.loads(record_path.read_text())["sample"])
     model, config = load_model(folder)
     measured = sample_accuracy(model, config, cache, record["seed"], record["num"], record["split"])
-    return measured["acc@0.5"], float(record["acc@0.5"]), int(record["num"])
+    return measured["acc50"], float(record["acc50"]), int(record["num"])

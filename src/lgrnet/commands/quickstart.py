@@ -3,7 +3,8 @@ fine-tune it for a short wall-clock budget, evaluate again, and write ``DIR/mode
 ``DIR/predictions.png``. Without shipped weights in the package (or with --from-scratch) a fresh lgrnet-tiny is
 trained for the budget instead, and the output says so.
 
-    lgrnet quickstart                                # runs/quickstart, 2 min fine-tune
+    lgrnet quickstart                                # runs/quickstart, 2 min fine-tune of the shipped model
+    lgrnet quickstart --train-minutes 0              # evaluate the shipped model only
     lgrnet quickstart --from-scratch --minutes 10    # a fresh model, 10 min
 """
 
@@ -25,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-eval", type=int, default=100, help="expressions in each of val/testA/testB (default 100)")
     p.add_argument("--num-train", type=int, default=3000, help="SynthRef train expressions (default 3000)")
     p.add_argument("--seed", type=int, default=0, help="SynthRef and training seed (default 0)")
-    p.add_argument("--weights", default=None,
-                   help="shipped-model folder (default: the package's weights/synthref-tiny, or "
-                        "$LGRNET_SHIPPED_MODEL)")
+    p.add_argument("--checkpoint", "--weights", dest="checkpoint", default=None,
+                   help="start model: a model folder or a shipped model name (default: synthref, the package's "
+                        "weights/synthref-small, or $LGRNET_SHIPPED_MODEL)")
     p.add_argument("--config", default="lgrnet-tiny",
                    help="preset or YAML of the from-scratch model (default lgrnet-tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     options = QuickstartOptions(
         output_dir=Path(args.output_dir), train_minutes=minutes, from_scratch=args.from_scratch,
         num_eval=args.num_eval, num_train=args.num_train, seed=args.seed,
-        weights=Path(args.weights) if args.weights else None, config=args.config, overrides=args.overrides,
+        checkpoint=args.checkpoint, config=args.config, overrides=args.overrides,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, batch_size=args.batch_size,
         max_steps=args.max_steps, num_examples=args.examples, device=args.device)
     run_quickstart(options, say=lambda line: print(line, flush=True))
