@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,6 +30,84 @@ def _close(a: Prediction, b: Prediction, atol: float = 1e-3) -> bool:
     return np.allclose(a.box_xyxy, b.box_xyxy, atol=atol) and np.allclose(a.coord, b.coord, atol=atol)
 
 
+def _letterbox(width: int, height: int, size: int) -> tuple[float, float, int, int]:
+    """Spec 11.4 written out: long side to ``size`` (rounded), centred: (sx, sy, dx, dy), canvas = orig * s + d."""
+    r = size / max(width, height)
+    new_w, new_h = round(width * r), round(height * r)
+    return new_w / width, new_h / height, (size - new_w) // 2, (size - new_h) // 2
+
+
+def _expected_outputs(pred_box, coord, width: int, height: int, size: int):
+    """The predictor's box (the canvas box clamped to [0, 1]) and coordinate, mapped to original pixels by the
+    letterbox's inverse and clamped to the image."""
+    sx, sy, dx, dy = _letterbox(width, height, size)
+    cx, cy, w, h = (min(max(float(v), 0.0), 1.0) for v in pred_box)
+    corners = [(cx - w / 2) * size, (cy - h / 2) * size, (cx + w / 2) * size, (cy + h / 2) * size]
+    box = [(corners[0] - dx) / sx, (corners[1] - dy) / sy, (corners[2] - dx) / sx, (corners[3] - dy) / sy]
+    box = [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(box)]
+    px, py = (float(coord[0]) * size - dx) / sx, (float(coord[1]) * size - dy) / sy
+    return box, (min(max(px, 0.0), float(width)), min(max(py, 0.0), float(height)))
+
+
+class _Captured:
+    """Forward hook keeping the model's last canvas outputs (pred_boxes, coord)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.out = None
+        self.handle = model.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        self.out = output
+
+
+class _FixedOutputs(torch.nn.Module):
+    """Stands in for the network: returns the given canvas box (cx, cy, w, h) / S and coordinate (x, y) / S."""
+
+    def __init__(self, box, coord):
+        super().__init__()
+        self.box, self.coord = torch.tensor([box]), torch.tensor([coord])
+
+    def forward(self, images, image_mask, input_ids, attention_mask, output_attentions=False):
+        b = images.shape[0]
+        return SimpleNamespace(pred_boxes=self.box.expand(b, 4), coord=self.coord.expand(b, 2))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "box", "coord"),
+    [
+        # 90 x 60 at S = 128: scale (128/90, 85/60), offsets (0, 21).
+        (90, 60, (48 * 90 / 128, (51.2 - 21) * 60 / 85, 80 * 90 / 128, (76.8 - 21) * 60 / 85),
+         (38.4 * 90 / 128, (57.6 - 21) * 60 / 85)),
+        # 60 x 90: scale (85/60, 128/90), offsets (21, 0).
+        (60, 90, ((48 - 21) * 60 / 85, 51.2 * 90 / 128, (80 - 21) * 60 / 85, 76.8 * 90 / 128),
+         ((38.4 - 21) * 60 / 85, 57.6 * 90 / 128)),
+    ],
+)
+def test_canvas_outputs_map_back_to_original_pixels(predictor, width, height, box, coord):
+    """Hand-computed inverse letterbox on non-square images whose x and y offsets differ. Canvas box (0.5, 0.5,
+    0.25, 0.2) -> corners x 48, 80 and y 51.2, 76.8 canvas pixels; coordinate (0.3, 0.45) -> (38.4, 57.6).
+    90 x 60: x = X * 90/128, y = (Y - 21) * 60/85. 60 x 90: x = (X - 21) * 60/85, y = Y * 90/128."""
+    assert predictor.image_size == 128
+    fixed = Predictor(_FixedOutputs((0.5, 0.5, 0.25, 0.2), (0.3, 0.45)), predictor.config, device="cpu",
+                      tokenizer=predictor.tokenizer)
+    p = fixed.predict(np.zeros((height, width, 3), np.uint8), "anything")
+    assert p.image_size == (width, height)
+    assert p.box_xyxy == pytest.approx(box, abs=1e-4)
+    assert p.coord_xy == pytest.approx(coord, abs=1e-4)
+    assert p.box_normalized == pytest.approx((box[0] / width, box[1] / height, box[2] / width, box[3] / height))
+    assert p.coord == pytest.approx((coord[0] / width, coord[1] / height))
+
+
+def test_canvas_outputs_in_the_padding_are_clamped_to_the_image(predictor):
+    # 90 x 60: the image covers canvas rows 21..106. A point at canvas y 0.05 * 128 = 6.4 lies in the top padding
+    # (original y = (6.4 - 21) * 60/85 < 0) and a box over the whole canvas covers the whole image.
+    fixed = Predictor(_FixedOutputs((0.5, 0.5, 1.0, 1.0), (0.95, 0.05)), predictor.config, device="cpu",
+                      tokenizer=predictor.tokenizer)
+    p = fixed.predict(np.zeros((60, 90, 3), np.uint8), "anything")
+    assert p.box_xyxy == pytest.approx((0.0, 0.0, 90.0, 60.0), abs=1e-4)
+    assert p.coord_xy == pytest.approx((0.95 * 90, 0.0), abs=1e-4)
+
+
 def test_public_export_and_repr(predictor):
     import lgrnet
 
@@ -37,15 +116,21 @@ def test_public_export_and_repr(predictor):
 
 
 def test_prediction_fields_are_consistent(predictor, image_path):
-    p = predictor.predict(image_path, "the bright square")
+    captured = _Captured(predictor.model)
+    try:
+        p = predictor.predict(image_path, "the bright square")
+    finally:
+        captured.handle.remove()
     assert isinstance(p, Prediction)
     w, h = p.image_size
     assert (w, h) == (90, 60)
+    # The model's own canvas outputs through the letterbox's inverse (written out above), clamped to the image.
+    box, point = _expected_outputs(captured.out.pred_boxes[0], captured.out.coord[0], w, h, predictor.image_size)
+    assert p.box_xyxy == pytest.approx(box, abs=1e-4)
+    assert p.coord_xy == pytest.approx(point, abs=1e-4)
     x1, y1, x2, y2 = p.box_xyxy
-    assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
     assert np.allclose(p.box_normalized, (x1 / w, y1 / h, x2 / w, y2 / h))
     assert np.allclose(p.coord, (p.coord_xy[0] / w, p.coord_xy[1] / h))
-    assert all(0.0 <= v <= 1.0 for v in p.coord)
     assert p.visual_attention is None and p.word_attention is None
     d = p.to_dict()
     json.dumps(d)  # JSON-ready
@@ -114,12 +199,29 @@ def test_long_expression_is_truncated_and_flagged(predictor, image_path):
     assert not predictor.predict(image_path, "the bright square").expression_truncated
 
 
+def _linear_output_dtypes(p: Predictor, image_path) -> set[torch.dtype]:
+    """The dtypes the model's Linear layers compute in during one prediction."""
+    dtypes: set[torch.dtype] = set()
+    handles = [m.register_forward_hook(lambda m, i, o: dtypes.add(o.dtype))
+               for m in p.model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        p.predict(image_path, "the square")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return dtypes
+
+
 def test_bf16_autocast_and_dtype_errors(checkpoint, predictor, image_path):
     bf16 = Predictor.from_pretrained(checkpoint, device="cpu", dtype="bf16")
-    assert bf16.autocast_dtype == torch.bfloat16
+    # The matmuls really run in bf16 (fp32 without a dtype), while the weights stay fp32.
+    assert _linear_output_dtypes(bf16, image_path) == {torch.bfloat16}
+    assert _linear_output_dtypes(predictor, image_path) == {torch.float32}
+    assert all(param.dtype == torch.float32 for param in bf16.model.parameters())
     a, b = predictor.predict(image_path, "the square"), bf16.predict(image_path, "the square")
-    # bf16 keeps ~3 significant digits: same box to within a few pixels on a 90 x 60 image.
-    assert np.allclose(a.box_xyxy, b.box_xyxy, atol=6.0)
+    # bf16 changes the digits but not the answer: within 1.5 px on a 90 x 60 image (measured 0.13-0.22 px).
+    assert a.box_xyxy != b.box_xyxy
+    assert np.allclose(a.box_xyxy, b.box_xyxy, atol=1.5)
     with pytest.raises(LGRNetError, match="fp16"):
         Predictor.from_pretrained(checkpoint, device="cpu", dtype="fp16")
     with pytest.raises(LGRNetError, match="dtype"):
@@ -207,10 +309,12 @@ def test_other_model_variants(preset, overrides):
     config = apply_overrides(tiny_twin(preset), overrides)
     torch.manual_seed(0)
     predictor = Predictor(LGRNet(config.model, config.loss), config, device="cpu")
+    captured = _Captured(predictor.model)
     p = predictor.predict(np.full((50, 70, 3), 120, np.uint8), "the left thing", attention=True)
-    x1, y1, x2, y2 = p.box_xyxy
-    assert 0 <= x1 <= x2 <= 70 and 0 <= y1 <= y2 <= 50
+    captured.handle.remove()
+    out = captured.out
+    # Without a coordinate branch the (unclamped) canvas box centre stands in for the coordinate.
+    coord = out.pred_boxes[0, :2] if config.model.coord_embed == "none" else out.coord[0]
+    box, point = _expected_outputs(out.pred_boxes[0], coord, 70, 50, config.model.image_size)
+    assert p.box_xyxy == pytest.approx(box, abs=1e-4) and p.coord_xy == pytest.approx(point, abs=1e-4)
     assert p.attention_map().shape == (50, 70) and [w for w, _ in p.words()] == ["the", "left", "thing"]
-    if config.model.coord_embed == "none":
-        # The centre of the (unclamped) canvas box: inside the clamped box.
-        assert x1 <= p.coord_xy[0] <= x2 and y1 <= p.coord_xy[1] <= y2
