@@ -1,4 +1,5 @@
-"""Export a trained SynthRef checkpoint as the package's shipped model (``src/lgrnet/weights/synthref-small/``).
+"""Export a trained SynthRef checkpoint as the package's shipped model (``src/lgrnet/weights/synthref-small/``,
+the shipped name ``synthref``).
 
 The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``, read by
 :func:`lgrnet.model.io.load_model`) with three differences from a training checkpoint:
@@ -7,13 +8,18 @@ The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``,
 * floating-point tensors are stored in fp16 by default (``lgrnet-tiny`` without MiniLM is 4.7 M parameters:
   18.8 MB in fp32, 9.0 MB in fp16; the shipped ``lgrnet-small`` is 9.5 M, 18.2 MB in fp16, under the 20 MB limit;
   loading casts them back to the model's fp32);
-* ``metrics.json`` records the run's val metrics and the Acc@0.5 of the *exported* weights on a fixed SynthRef
-  val sample, which ``tests/test_quickstart.py`` checks the shipped model reproduces.
+* ``metrics.json`` records the run's val metrics and the metrics (the engine's names: ``acc50``, ``acc75``,
+  ``miou``) of the *exported* weights on a fixed SynthRef val sample, which ``tests/test_quickstart.py`` checks
+  the shipped model reproduces; ``--source`` describes where the weights come from (no machine paths are
+  written);
+* the data section names ``data/synthref`` (``lgrnet synth --out data/synthref --num-train 0`` writes the
+  val/testA/testB sets the model is measured on), not the training machine's folder.
 
 ``--set train.batch_size=16`` and the like change the config's data and training settings: the ones a user's
 fine-tune starts from (the quickstart's, say) when the model's last stage ran elsewhere, such as on a GPU.
 
-    python scripts/export_shipped_model.py --run runs/synthref-tiny --out src/lgrnet/weights/synthref-small
+    python scripts/export_shipped_model.py --run runs/synthref-tiny --out src/lgrnet/weights/synthref-small \
+        --source "GPU stage g4 of the SynthRef recipe (docs/synthref.md), best checkpoint"
 """
 
 from __future__ import annotations
@@ -30,16 +36,22 @@ import torch
 from safetensors.torch import save_file
 
 from lgrnet.config import apply_overrides
-from lgrnet.engine.evaluate import resolve_model_folder
 from lgrnet.model.io import CONFIG_FILE, TEXT_PREFIX, WEIGHTS_FILE, load_model
-from lgrnet.quickstart import RECORD_FILE, sample_accuracy
+from lgrnet.model.registry import resolve_model
+from lgrnet.quickstart import RECORD_FILE, read_metrics, sample_accuracy
+
+#: The data folder the shipped config names: where `lgrnet synth --out data/synthref --num-train 0` writes SynthRef's
+#: val/testA/testB (seed 0, 1000 expressions each: the sets the shipped model is measured on).
+SHIPPED_DATA_ROOT = "data/synthref"
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: int, sample_num: int,
-           cache: Path, overrides: list[str] | None = None) -> dict:
+           cache: Path, overrides: list[str] | None = None, source: str | None = None) -> dict:
     model, config = load_model(checkpoint)
+    if config.data.format == "synth":
+        config.data.root = SHIPPED_DATA_ROOT
     if overrides:
         if any(o.split("=", 1)[0].strip().startswith("model.") for o in overrides):
             raise SystemExit("export: --set cannot change model.* (the weights define the model)")
@@ -77,9 +89,11 @@ def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: 
         if state_file.is_file():
             run_val = torch.load(state_file, weights_only=True, map_location="cpu").get("val_metrics", {})
         elif (checkpoint / RECORD_FILE).is_file():  # re-exporting an exported folder keeps its run's record
-            run_val = json.loads((checkpoint / RECORD_FILE).read_text()).get("run_val", {})
+            previous = json.loads((checkpoint / RECORD_FILE).read_text())
+            run_val = read_metrics(previous.get("run_val", {}))
+            source = source or previous.get("source")
         record = {"sample": {"seed": sample_seed, "split": "val", "num": sample_num, **sample},
-                  "run_val": run_val, "checkpoint": str(checkpoint), "dtype": dtype,
+                  "run_val": run_val, "source": source or "", "dtype": dtype,
                   "size_mb": round(size_mb, 2), "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)
@@ -95,6 +109,8 @@ def main() -> None:
     source.add_argument("--run", type=Path, help="training output folder (its checkpoints/best, else last)")
     source.add_argument("--checkpoint", type=Path, help="a model folder")
     parser.add_argument("--out", type=Path, default=Path("src/lgrnet/weights/synthref-small"))
+    parser.add_argument("--source", default=None,
+                        help="where the weights come from, recorded in metrics.json (words, not a machine path)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--max-mb", type=float, default=20.0)
     parser.add_argument("--sample-seed", type=int, default=1234, help="SynthRef seed of the recorded val sample")
@@ -103,11 +119,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a data/train setting of the written config.yaml")
     args = parser.parse_args()
-    checkpoint = Path(resolve_model_folder(str(args.run))) if args.run else args.checkpoint
+    checkpoint = resolve_model(args.run if args.run else args.checkpoint, "--run" if args.run else "--checkpoint",
+                               hub=False)
     record = export(checkpoint, args.out, args.dtype, args.max_mb, args.sample_seed, args.sample_num, args.cache,
-                    args.overrides)
+                    args.overrides, args.source)
     print(f"exported {checkpoint} -> {args.out} ({record['size_mb']} MB, {args.dtype}); val sample "
-          f"(seed {args.sample_seed}, {args.sample_num}) Acc@0.5 {record['sample']['acc@0.5']:.2f}")
+          f"(seed {args.sample_seed}, {args.sample_num}) Acc@0.5 {record['sample']['acc50']:.2f}")
 
 
 if __name__ == "__main__":

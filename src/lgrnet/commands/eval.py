@@ -1,7 +1,12 @@
 """``lgrnet eval``: evaluate a checkpoint and print one JSON object of metrics (Acc@0.5, Acc@0.75, mIoU,
 spatial / non-spatial Acc@0.5; ``orig_*`` in original-image pixels).
 
-DATASPEC: a config YAML (its data section), a folder of ``<split>.jsonl`` files, a ``.jsonl`` file, or
+    lgrnet eval --checkpoint synthref --data synth:data/synthref --split testA
+    lgrnet eval --checkpoint runs/custom --data data/custom/test.jsonl --output preds.jsonl
+
+CHECKPOINT: a model folder, a training output folder (its checkpoints/best), a shipped model name (synthref) or a
+Hugging Face hub id. DATASPEC: a config YAML (its data section), a folder of ``<split>.jsonl`` files, a ``.jsonl``
+file (a split of its own: evaluated whole unless --split picks the lines whose "split" key matches), or
 ``FORMAT:ROOT[,key=value...]`` such as ``transvg:data/splits,dataset=unc,image_root=/coco/train2014``.
 Without --data the checkpoint's own data config is used.
 """
@@ -10,20 +15,30 @@ from __future__ import annotations
 
 import argparse
 
+# Kept here (not imported from the engine) so that `lgrnet --help` does not import torch.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _precision(value: str) -> str:
+    return "fp32" if value == "off" else value  # the config's spelling of fp32 (train.precision: off)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a checkpoint, print metrics as JSON",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
-                        help="model folder (e.g. runs/x/checkpoints/best), a training output folder, or a hub id")
+                        help="model folder (e.g. runs/x/checkpoints/best), a training output folder, a shipped model "
+                             "(synthref) or a hub id")
     parser.add_argument("--data", default=None, metavar="DATASPEC", help="what to evaluate on (see above)")
-    parser.add_argument("--split", default="val", help="split name: val, test, testA, testB, ... (default val)")
+    parser.add_argument("--split", default=None,
+                        help="split name: val, test, testA, testB, ... (default: the data's val split; a single "
+                             ".jsonl file: all of it)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's train.batch_size")
     parser.add_argument("--output", default=None, metavar="PREDS.JSONL",
                         help="write per-sample predictions (boxes in original-image pixels)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="off", choices=["off", "bf16", "fp16"],
-                        help="autocast during evaluation (default off = fp32, as the reference)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, type=_precision,
+                        help="fp32 (default, as the reference; 'off' is accepted too) or bf16/fp16 autocast")
     parser.set_defaults(func=handle)
 
 

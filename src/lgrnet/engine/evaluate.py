@@ -23,11 +23,13 @@ from lgrnet.engine.distributed import DistInfo
 from lgrnet.engine.metrics import MetricAccumulator, canvas_iou, paired_iou
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``--precision`` of ``lgrnet eval`` (and ``predict``): fp32 (no autocast, as the reference), bf16 or fp16 autocast.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for "bf16"/"fp16", a no-op for "off"."""
-    if precision == "off":
+    """``torch.autocast`` for "bf16"/"fp16", a no-op for "fp32" (and its config spelling "off")."""
+    if precision in ("off", "fp32"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
@@ -105,38 +107,64 @@ def write_predictions(predictions: list[dict[str, Any]], path: Path) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def resolve_model_folder(checkpoint: str) -> str:
-    """A model folder, or a training output folder (its ``checkpoints/best``, else ``checkpoints/last``), or a
-    hub id (returned unchanged for :func:`lgrnet.model.io.load_model`)."""
-    path = Path(checkpoint)
-    if path.is_dir() and not (path / "model.safetensors").is_file():
-        for name in ("best", "last"):
-            if (path / "checkpoints" / name / "model.safetensors").is_file():
-                return str(path / "checkpoints" / name)
-        from lgrnet.errors import CheckpointError
-
-        raise CheckpointError(f"--checkpoint {checkpoint}: neither a model folder (config.yaml + model.safetensors) "
-                              "nor a training output folder with checkpoints/best or checkpoints/last")
-    return checkpoint
+def _data_missing_hint(config_data: Any) -> str:
+    if config_data.format == "synth":  # the val/testA/testB the shipped SynthRef model was measured on
+        return f", or write SynthRef's val/testA/testB there: lgrnet synth --out {config_data.root} --num-train 0"
+    return ""
 
 
-def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: str = "val",
+def _single_file_records(root: Path, split: str | None) -> tuple[list[Any], str]:
+    """A single JSONL file is a split of its own: all its records (``split`` None), or those whose ``split`` key
+    is ``split`` or absent. Returns the records and the split name to report."""
+    from lgrnet.data.readers import read_jsonl
+    from lgrnet.errors import DataError
+
+    records = read_jsonl(root)
+    if not records:
+        raise DataError(f"{root}: no records")
+    found = sorted({r.split for r in records if r.split})
+    if split is None:
+        return records, found[0] if len(found) == 1 else root.stem
+    chosen = [r for r in records if not r.split or r.split == split]
+    if not chosen:
+        raise DataError(f"--split {split}: {root} has no records of split {split!r} (its records are of split "
+                        f"{', '.join(map(repr, found))}); leave out --split to evaluate the whole file")
+    return chosen, split
+
+
+def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: str | None = None,
                         batch_size: int | None = None, output: str | Path | None = None, device: str = "auto",
-                        precision: str = "off") -> dict[str, Any]:
-    """``lgrnet eval``: load a checkpoint, evaluate it on ``split`` of ``data_spec`` (see
-    :mod:`lgrnet.engine.dataspec`), optionally write per-sample predictions (original pixels) as JSONL.
-    Works in one process or under ``torchrun`` (samples are split over ranks and counted once)."""
+                        precision: str = "fp32") -> dict[str, Any]:
+    """``lgrnet eval``: load a checkpoint (a model folder, training output folder, shipped name or hub id),
+    evaluate it on ``split`` of ``data_spec`` (see :mod:`lgrnet.engine.dataspec`), optionally write per-sample
+    predictions (original pixels) as JSONL. ``split`` None: a single JSONL file is evaluated whole, other data on
+    its ``val_split``. Works in one process or under ``torchrun`` (samples are split over ranks and counted
+    once). The output path is checked before anything is loaded."""
     from lgrnet.data.dataset import build_dataloader
     from lgrnet.data.readers import load_records
     from lgrnet.engine.dataspec import parse_dataspec
     from lgrnet.engine.distributed import init_distributed
+    from lgrnet.errors import DataError, LGRNetError
     from lgrnet.model.io import load_model
     from lgrnet.model.text import build_tokenizer
+    from lgrnet.output_paths import check_output_file
 
+    if precision not in (*PRECISIONS, "off"):
+        raise LGRNetError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    if output is not None:
+        check_output_file(output, "--output")
     info = init_distributed(device)
-    model, config = load_model(resolve_model_folder(checkpoint), device=str(info.device))
+    model, config = load_model(checkpoint, device=str(info.device), what="--checkpoint")
     config.data = parse_dataspec(data_spec, config.data)
-    records = load_records(config.data, split)
+    root = Path(config.data.root)
+    if data_spec is None and not root.exists():
+        raise DataError(f"--checkpoint {checkpoint}: its data ({config.data.format} at {root}) is not here; pass "
+                        f"--data DATASPEC{_data_missing_hint(config.data)}")
+    if config.data.format in ("jsonl", "synth") and root.is_file():
+        records, split = _single_file_records(root, split)
+    else:
+        split = split or config.data.val_split
+        records = load_records(config.data, split)
     tokenizer = build_tokenizer(config.model.text)
     loader = build_dataloader(records, config, tokenizer, train=False, batch_size=batch_size,
                               distributed=info.distributed)
