@@ -83,10 +83,13 @@ def test_train_box_covers_drawn_pixels(name):
         box = _xyxy(sample)
         assert _iou(box, _found_box(sample)) >= 0.9, (name, i)
         assert sample.box[2] > 0 and sample.box[3] > 0
-        # The pad mask marks exactly the outside of the pasted image.
+        # The pad mask marks exactly the outside of the pasted image: one rectangle with zeros around it, which
+        # (without a crop) the recorded map takes to the whole original image, no more, no less.
         inside = ~sample.mask
         assert torch.all(sample.image[:, sample.mask] == 0)
-        assert inside.sum() > 0
+        assert torch.equal(inside, inside.any(1)[:, None] & inside.any(0)[None, :])
+        if not augment.crop:
+            assert _visible_window(sample) == pytest.approx((0, 0, *image.size), abs=1e-6)
         # Back to original pixels through the recorded affine map.
         back = canvas_to_original(sample.box[None], [sample])[0]
         if sample.scale[0] < 0:
@@ -105,8 +108,8 @@ def _visible_window(sample):
     cols = torch.nonzero(visible.any(0)).flatten()
     rows = torch.nonzero(visible.any(1)).flatten()
     (sx, sy), (dx, dy) = sample.scale, sample.offset
-    return ((int(cols[0]) - dx) / sx, (int(rows[0]) - dy) / sy,
-            (int(cols[-1]) + 1 - dx) / sx, (int(rows[-1]) + 1 - dy) / sy)
+    xa, xb = (int(cols[0]) - dx) / sx, (int(cols[-1]) + 1 - dx) / sx  # swapped after a flip (sx < 0)
+    return min(xa, xb), (int(rows[0]) - dy) / sy, max(xa, xb), (int(rows[-1]) + 1 - dy) / sy
 
 
 @pytest.mark.parametrize(
