@@ -49,6 +49,10 @@ from lgrnet.errors import CheckpointError, LGRNetError
 FAIL_ENV = "LGRNET_TEST_FAIL_RANK_AT_STEP"
 
 
+def _say(message: str) -> None:
+    print(f"lgrnet train: {message}", flush=True)
+
+
 def _maybe_fail(rank: int, step: int) -> None:
     target = os.environ.get(FAIL_ENV)
     if target and target == f"{rank}:{step}":
@@ -90,15 +94,36 @@ def _load_weights(model: nn.Module, folder: Path) -> None:
     """Load ``model.safetensors`` into an already built model (text weights may be absent when not saved)."""
     from safetensors.torch import load_file
 
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {folder}: missing {path.name}")
+    path = folder / ckpt.MODEL_FILE
+    problem = ckpt.model_file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {folder}: {problem}")
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("text.")]
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def output_dir_problem(output_dir: Path) -> str | None:
+    """Why the run cannot write into ``output_dir`` (created here when missing), or None: checked before any
+    data loading or model building so that a bad ``--output-dir`` fails at once, not after the slow part."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"output folder {output_dir}: a file of that name is in the way"
+    except OSError as exc:
+        return f"output folder {output_dir}: cannot create it ({exc.strerror or exc})"
+    if not output_dir.is_dir():  # e.g. a symlink to a file
+        return f"output folder {output_dir}: not a folder"
+    probe = output_dir / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"output folder {output_dir}: not writable ({exc.strerror or exc})"
+    return None
 
 
 def _build_tokenizer(config: Config) -> Any:
@@ -121,6 +146,10 @@ class Trainer:
         set_deterministic(tc.deterministic)
         seed_everything(tc.seed, self.info.rank)
         self.ckpt_root = self.output_dir / "checkpoints"
+        # The output folder first: rank 0 checks it (only it writes), every rank raises the same error.
+        problem = broadcast_object(output_dir_problem(self.output_dir) if self.info.is_main else None, self.info)
+        if problem:
+            raise LGRNetError(str(problem))
 
         from lgrnet.data.readers import load_records
 
@@ -132,7 +161,7 @@ class Trainer:
         resume_info = None
         if self.info.is_main:
             ckpt.remove_stale_temporaries(self.ckpt_root)
-            resume_info = ckpt.resolve_resume(resume, self.output_dir)
+            resume_info = ckpt.resolve_resume(resume, self.output_dir, report=_say)
         resume_info = broadcast_object(resume_info, self.info)
         self.resume_info: ckpt.CheckpointInfo | None = resume_info  # type: ignore[assignment]
 
@@ -184,12 +213,25 @@ class Trainer:
 
     def _restore(self, info: ckpt.CheckpointInfo) -> None:
         state = ckpt.load_state(info.path)
+        # The checkpoint says where the schedule stands (its step count, base rates); this run's config says its
+        # shape: a run stopped by max_steps or an epoch count and resumed with a longer one decays over the
+        # longer run, not over the horizon of the one that stopped. A wall-clock cosine keeps the stopped run's
+        # estimate until it measures its own (_update_time_horizon).
+        shapes = [dict(vars(schedule)) for schedule in self.scheduler.lr_lambdas]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {info.path}: training state does not fit this run: {exc}") from None
+        if not self.time_horizon:
+            for schedule, shape in zip(self.scheduler.lr_lambdas, shapes):
+                vars(schedule).update(shape)
+            step = self.scheduler.last_epoch
+            for group, base, schedule in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                             self.scheduler.lr_lambdas):
+                group["lr"] = base * schedule(step)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self.best_acc50 = float(state.get("best_acc50", -1.0))
         self.last_val = dict(state.get("val_metrics", {}))
