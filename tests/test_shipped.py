@@ -70,6 +70,23 @@ def test_a_wrong_name_lists_the_known_names(tmp_path):
         resolve_model(tmp_path / "missing")
 
 
+def test_local_folders_come_before_names(tmp_path, monkeypatch):
+    run = tmp_path / "run"  # a training output folder: the run's config.yaml beside checkpoints/
+    (run / "checkpoints" / "last").mkdir(parents=True)
+    (run / "config.yaml").write_text("")
+    (run / "checkpoints" / "last" / "model.safetensors").write_bytes(b"")
+    assert resolve_model(run) == run / "checkpoints" / "last"
+    (run / "checkpoints" / "best").mkdir()
+    (run / "checkpoints" / "best" / "model.safetensors").write_bytes(b"")
+    assert resolve_model(run) == run / "checkpoints" / "best"
+    (tmp_path / "synthref").mkdir()  # a folder of that name in the working folder is what the user means
+    (tmp_path / "synthref" / "config.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("synthref") == Path("synthref")
+    with pytest.raises(CheckpointError, match="neither a model folder"):
+        resolve_model(tmp_path / "run" / "checkpoints")
+
+
 def test_the_environment_variable_replaces_only_the_default_alias(tmp_path, monkeypatch):
     from lgrnet.config import tiny_twin
     from lgrnet.model.io import save_model

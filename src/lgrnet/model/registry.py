@@ -67,11 +67,13 @@ def _local_folder(path: Path, what: str, ref: str) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{what} {ref}: expected a folder holding {CONFIG_FILE} and {WEIGHTS_FILE}, "
                               "not a file")
-    if (path / WEIGHTS_FILE).is_file() or (path / CONFIG_FILE).is_file():
-        return path  # a model folder (load_model names a missing file)
-    for name in ("best", "last"):
+    if (path / WEIGHTS_FILE).is_file():
+        return path
+    for name in ("best", "last"):  # a training output folder (it holds the run's config.yaml too)
         if (path / "checkpoints" / name / WEIGHTS_FILE).is_file():
             return path / "checkpoints" / name
+    if (path / CONFIG_FILE).is_file():
+        return path  # a model folder without its weights: load_model names the missing file
     raise CheckpointError(f"{what} {ref}: neither a model folder ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a training "
                           "output folder with checkpoints/best or checkpoints/last")
 
