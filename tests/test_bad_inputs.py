@@ -166,6 +166,11 @@ def test_demo_page_states_the_limits_it_enforces(corpus):
     assert "10 MB" in intro and "40 megapixels" in intro and "200 characters" in intro
     small = page_intro(max_chars=50, max_pixels=2_500_000)
     assert "2.5 megapixels" in small and "50 characters" in small
+    assert "Note" not in intro  # a model of the user's own carries no caveat
+    from lgrnet.model.registry import CAVEATS
+
+    shipped = page_intro(caveat=CAVEATS["synthref-small"])
+    assert "**Note:** The shipped synthref model knows only SynthRef" in shipped and "photographs" in shipped
 
     class Unused:
         max_length = 40

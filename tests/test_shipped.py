@@ -232,3 +232,32 @@ def test_eval_output_is_checked_before_the_model_loads(synthref_cwd, tmp_path, m
     assert code == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == result["count"] == 4 and loaded == [1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The caveat a user sees with the shipped model's boxes
+
+
+def test_caveat_names_the_shipped_model_only(tmp_path, monkeypatch):
+    from lgrnet.model.registry import caveat_for
+
+    monkeypatch.delenv(SHIPPED_MODEL_ENV, raising=False)
+    assert "SynthRef" in caveat_for(SHIPPED) and "photographs" in caveat_for(SHIPPED)
+    assert caveat_for(tmp_path) is None  # a model the user trained carries none
+    monkeypatch.setenv(SHIPPED_MODEL_ENV, str(tmp_path))  # a SynthRef model from elsewhere stands in for synthref
+    assert caveat_for(tmp_path) == caveat_for(SHIPPED)
+
+
+@needs_shipped
+def test_predict_with_the_shipped_model_says_it_knows_only_synthref(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.delenv(SHIPPED_MODEL_ENV, raising=False)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (96, 64), (120, 90, 60)).save(image)
+    code, out, err = _cli(["predict", "--checkpoint", "synthref", "--image", str(image), "--text", "the red mug",
+                           "--json"])
+    assert code == 0, err
+    record = json.loads(out)
+    assert "SynthRef" in record["model_caveat"]
+    assert "lgrnet predict: note:" in err and "photographs" in err

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ground an expression in an image (or many, from a JSONL file)",
         description="Ground a referring expression in an image with a trained LGR-NET checkpoint.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (config.yaml + model.safetensors) or hub id")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model folder (config.yaml + model.safetensors), training output folder, shipped "
+                        "model name (synthref) or hub id")
     single = parser.add_argument_group("one image")
     single.add_argument("--image", help="image file")
     single.add_argument("--text", help="the referring expression")
@@ -135,6 +137,9 @@ def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
     record = {"image": args.image, **prediction.to_dict(attention=args.attention)}
     if args.out:
         record["overlay"] = args.out
+    if predictor.caveat:
+        record["model_caveat"] = predictor.caveat
+        print(f"lgrnet predict: note: {predictor.caveat}", file=sys.stderr)
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
     else:
@@ -183,6 +188,8 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
     target.parent.mkdir(parents=True, exist_ok=True)
     written = skipped = 0
     bar = tqdm(total=total, unit="pair", desc="predict", disable=not progress, file=sys.stderr)
+    if predictor.caveat:
+        print(f"lgrnet predict: note: {predictor.caveat}", file=sys.stderr)
 
     def report(number: int, message: str) -> None:
         nonlocal skipped
@@ -197,6 +204,8 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
                 report(number, str(result))
                 continue
             record = {"line": number, "id": request["id"], "image": request["image"], **result.to_dict()}
+            if predictor.caveat:
+                record["model_caveat"] = predictor.caveat
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             written += 1
         bar.update(len(batch))

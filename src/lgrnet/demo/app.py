@@ -154,14 +154,19 @@ def _undecoded_upload(component: Any) -> Any:
 
 
 def page_intro(max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXELS,
-               max_upload_mb: int = MAX_UPLOAD_MB) -> str:
-    """The page's heading and instructions, stating the limits the server enforces."""
-    return (
+               max_upload_mb: int = MAX_UPLOAD_MB, caveat: str | None = None) -> str:
+    """The page's heading and instructions, stating the limits the server enforces and, for a shipped model,
+    what it cannot do."""
+    text = (
         "# LGR-NET: ground a phrase in an image\n"
         f"Upload an image (at most {max_upload_mb} MB and {max_pixels / 1e6:g} megapixels), type an expression "
         f"that names one object (at most {max_chars} characters) and press **Locate**. Red: predicted box; yellow "
         "dot: the model's predicted coordinate; heat maps: where the prediction token looks in each reasoning layer."
     )
+    if caveat:
+        text += f"\n\n**Note:** {caveat[0].upper() + caveat[1:]}. For real images, serve a model trained on your " \
+                "own data (`lgrnet train --config configs/custom.yaml`)."
+    return text
 
 
 def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
@@ -179,7 +184,8 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
         return out.overlay, out.attention, out.result, out.message
 
     with gr.Blocks(title="LGR-NET demo") as app:
-        gr.Markdown(page_intro(max_chars=max_chars, max_pixels=max_pixels))
+        gr.Markdown(page_intro(max_chars=max_chars, max_pixels=max_pixels,
+                               caveat=getattr(predictor, "caveat", None)))
         with gr.Row():
             with gr.Column(scale=1):
                 # "filepath" so that the handler decodes (and bomb-checks) the upload itself.

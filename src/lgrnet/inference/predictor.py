@@ -154,6 +154,8 @@ class Predictor(
         self.max_length = int(config.model.text.max_length)
         self.lowercase = bool(config.model.text.lowercase)
         self.transform = EvalTransform(self.image_size)
+        #: What a user must know about this model's boxes (set for shipped models by from_pretrained), else None.
+        self.caveat: str | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # Loading and saving
@@ -176,9 +178,12 @@ class Predictor(
         folder = resolve_checkpoint(path_or_hub_id, revision=revision, cache_dir=cache_dir, token=token,
                                     local_files_only=local_files_only)
         from lgrnet.model.io import load_model
+        from lgrnet.model.registry import caveat_for
 
         model, config = load_model(str(folder), device="cpu")
-        return cls(model, config, device=device, dtype=dtype, **kwargs)
+        predictor = cls(model, config, device=device, dtype=dtype, **kwargs)
+        predictor.caveat = caveat_for(folder)
+        return predictor
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir: Any = None,

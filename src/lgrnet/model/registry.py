@@ -32,6 +32,11 @@ SHIPPED_MODELS: dict[str, str] = {
 }
 #: Short names for shipped models.
 ALIASES: dict[str, str] = {"synthref": "synthref-small"}
+#: What a user must know before trusting a shipped model's boxes (shown by predict, the demo and the JSON output).
+CAVEATS: dict[str, str] = {
+    "synthref-small": "the shipped synthref model knows only SynthRef's drawn coloured shapes; its boxes on "
+                      "photographs are not meaningful (1 of 30 real COCO expressions right)",
+}
 #: The shipped model the quickstart starts from.
 DEFAULT_MODEL = "synthref"
 #: Environment variable naming another folder for :data:`DEFAULT_MODEL` (tests, or a model trained elsewhere).
@@ -57,6 +62,22 @@ def shipped_model_folder(name: str = DEFAULT_MODEL) -> Path:
     if name not in ALIASES and name not in SHIPPED_MODELS:
         raise CheckpointError(f"{name!r} is not a shipped model (known: {', '.join(shipped_names())})")
     return WEIGHTS_DIR / ALIASES.get(name, name)
+
+
+def caveat_for(folder: str | os.PathLike) -> str | None:
+    """The caveat of the shipped model whose folder ``folder`` is (also through ``$LGRNET_SHIPPED_MODEL``), else
+    None: a model a user trained carries none."""
+    try:
+        resolved = Path(folder).resolve()
+    except OSError:
+        return None
+    for name, caveat in CAVEATS.items():
+        if resolved == (WEIGHTS_DIR / name).resolve():
+            return caveat
+    default = ALIASES.get(DEFAULT_MODEL, DEFAULT_MODEL)
+    if os.environ.get(SHIPPED_MODEL_ENV) and resolved == Path(os.environ[SHIPPED_MODEL_ENV]).resolve():
+        return CAVEATS.get(default)
+    return None
 
 
 def has_model(folder: Path) -> bool:
