@@ -83,6 +83,9 @@ class VisualConfig:
     out_indices: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     # Optional initialisation: QRNet/mmdet Mask R-CNN Swin checkpoint or DETR/TransVG ResNet checkpoint.
     checkpoint: str | None = None
+    # BatchNorm with fixed statistics and affine (DETR/TransVG's frozen BN for pretrained ResNets). False: BN trains,
+    # synchronised across processes under DDP. Eval outputs are the same either way on the same weights.
+    frozen_bn: bool = False
 
 
 @dataclass
@@ -385,7 +388,7 @@ def _paper() -> dict[str, Any]:
 def _r101() -> dict[str, Any]:
     return {
         "name": "lgrnet-r101",
-        "model": {"visual": {"kind": "resnet", "timm_name": "resnet101", "drop_path_rate": 0.0}},
+        "model": {"visual": {"kind": "resnet", "timm_name": "resnet101", "drop_path_rate": 0.0, "frozen_bn": True}},
     }
 
 

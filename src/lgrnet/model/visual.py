@@ -16,6 +16,11 @@ A ResNet (timm ``features_only``) can replace the Swin (paper Table III); the sa
 Parameter names: the timm backbone proper lives under ``backbone.`` (Swin output norms ``backbone.norm{0..3}``),
 backbone QDA under ``stage_qda.{i}``, neck laterals under ``neck.laterals.{i}``, neck QDA under
 ``neck.down_qda.{i}``; every QDA parameter name contains ``qda``.
+
+BatchNorm (ResNet backbones): with ``frozen_bn`` every BatchNorm keeps its statistics and affine fixed
+(:class:`FrozenBatchNorm2d`, as DETR and TransVG train their pretrained ResNets); otherwise it trains, and under
+DDP :func:`synchronise_batchnorm` makes it use the statistics of the global batch, so that W processes of batch B
+train like one process of batch W x B.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 
 import timm
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -100,6 +106,125 @@ def resize_mask(image_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(image_mask[:, None].float(), size=size, mode="nearest")[:, 0].bool()
 
 
+# -------------------------------------------------------------------------------------------------------------
+# BatchNorm: frozen for pretrained ResNets, synchronised across processes where it trains under DDP
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose statistics and affine stay fixed (the frozen BN DETR and TransVG train pretrained ResNets
+    with).
+
+    It normalises with the running statistics in training too, never updates them, and holds weight and bias as
+    buffers (no gradient, not in the optimiser). The computation is ``F.batch_norm`` in inference mode, the very call
+    ``nn.BatchNorm2d`` makes in eval mode, so eval outputs are bit-identical to those of the trainable layer with the
+    same state (torchvision's ``FrozenBatchNorm2d`` folds scale and shift first, which rounds differently). The state
+    dict has ``nn.BatchNorm2d``'s keys, so a checkpoint loads into either.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps)
+        weight, bias = self.weight.detach(), self.bias.detach()
+        del self.weight, self.bias
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+        frozen = cls(bn.num_features, eps=bn.eps)
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                getattr(frozen, name).copy_(getattr(bn, name))
+        return frozen.to(bn.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def freeze_batchnorm_(module: nn.Module) -> int:
+    """Replace every ``nn.BatchNorm2d`` below ``module`` by a :class:`FrozenBatchNorm2d` with its state; returns
+    how many. Another BatchNorm class (one fused with an activation, say) is an error rather than left training."""
+    count = 0
+    for name, child in module.named_children():
+        if isinstance(child, FrozenBatchNorm2d):
+            continue
+        if type(child) is nn.BatchNorm2d:
+            setattr(module, name, FrozenBatchNorm2d.from_batchnorm(child))
+            count += 1
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            raise ConfigError(f"model.visual.frozen_bn: cannot freeze {type(child).__name__} layers "
+                              f"(only torch.nn.BatchNorm2d)")
+        else:
+            count += freeze_batchnorm_(child)
+    return count
+
+
+class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch across processes, on CPU tensors.
+
+    torch's ``nn.SyncBatchNorm`` (what :func:`synchronise_batchnorm` uses on GPUs) refuses CPU tensors, and DDP
+    refuses it in a CPU model, so multi-process training on CPUs (gloo) gets this instead: the statistics come from
+    two autograd-aware all-reduces (the sum with the sample count, then the sum of squared deviations from the
+    global mean), whose backward all-reduces the gradients as torch's does; the running statistics get the same
+    update (unbiased global variance). In eval mode, or in one process, it is ``nn.BatchNorm2d``'s computation.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        local_count = xf.new_tensor([x.numel() / x.shape[1]])
+        sums = all_reduce(torch.cat([xf.sum(dims), local_count]))
+        count = sums[-1].detach()
+        mean = sums[:-1] / count
+        centred = xf - mean.reshape(shape)
+        var = all_reduce(centred.square().sum(dims)) / count
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                unbiased = var.detach() * count / (count - 1).clamp(min=1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return out.to(x.dtype)
+
+
+def synchronise_batchnorm(module: nn.Module) -> nn.Module:
+    """Every trainable BatchNorm below ``module`` (included) made to train on the global batch's statistics:
+    ``torch.nn.SyncBatchNorm`` where its parameters are on a GPU, :class:`CrossProcessBatchNorm` on the CPU. The new
+    layer shares the old one's parameters and buffers (an optimiser built before keeps working);
+    :class:`FrozenBatchNorm2d` layers stay as they are. Call it before wrapping the model in DDP. Returns ``module``,
+    or its replacement if it is itself a BatchNorm."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            module, (FrozenBatchNorm2d, CrossProcessBatchNorm, nn.SyncBatchNorm)):
+        state = module.running_mean if module.running_mean is not None else module.weight
+        on_cpu = state is None or state.device.type == "cpu"
+        cls = CrossProcessBatchNorm if on_cpu else nn.SyncBatchNorm
+        synced = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if module.affine:
+            synced.weight, synced.bias = module.weight, module.bias
+        if module.track_running_stats:
+            synced.running_mean, synced.running_var = module.running_mean, module.running_var
+            synced.num_batches_tracked = module.num_batches_tracked
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        replacement = synchronise_batchnorm(child)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module
+
+
 class VisualExtractor(nn.Module):
     """Backbone + QDA + neck -> visual tokens ``[B, (S/32)^2 + (S/64)^2, C]`` and their pad mask (True = pad)."""
 
@@ -117,6 +242,8 @@ class VisualExtractor(nn.Module):
         if image_size <= 0 or image_size % (2 * self.out_stride):
             raise ConfigError(f"model.image_size: {image_size} must be a positive multiple of {2 * self.out_stride} "
                               f"(twice the backbone's output stride {self.out_stride})")
+        if cfg.frozen_bn:
+            freeze_batchnorm_(self.backbone)
         self.stage_channels = channels
         self.stage_qda = _make_qda(channels, text_dim, cfg, init="trunc_normal" if cfg.kind == "swin" else "default")
         self.neck = SoftDownsampleNeck(channels, cfg.neck_channels, text_dim, cfg)
