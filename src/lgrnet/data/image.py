@@ -23,7 +23,8 @@ def load_image(path: str | os.PathLike, record_id: str | None = None) -> Image.I
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                # In place: without an orientation tag the default returns a full copy of the decoded pixels.
+                ImageOps.exif_transpose(img, in_place=True)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{who}image {path} refused as a possible decompression bomb ({exc})") from None
     except FileNotFoundError:
