@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_engine import SMOKE, one_thread, tiny, weights  # noqa: F401 (one_thread: autouse)
+from test_train_state import first_moment_differences
 
 from lgrnet.cli import main
 from lgrnet.engine import checkpoint as ckpt
@@ -167,8 +168,7 @@ def test_compiled_training_matches_eager(data_dir, tmp_path, backend):
     ma = ckpt.load_state(tmp_path / "eager" / "checkpoints" / "last")["optimizer"]["state"]
     mb = ckpt.load_state(tmp_path / "compiled" / "checkpoints" / "last")["optimizer"]["state"]
     assert ma.keys() == mb.keys() and len(ma) > 100
-    relative = {k: ((mb[k]["exp_avg"] - ma[k]["exp_avg"]).abs().max() / ma[k]["exp_avg"].abs().max()).item()
-                for k in ma if ma[k]["exp_avg"].abs().max() > 0}
+    relative = first_moment_differences(ma, mb)
     print(f"compiled ({backend}) vs eager: loss {loss(tmp_path / 'compiled')} vs {loss(tmp_path / 'eager')}, "
           f"worst relative gradient difference {max(relative.values()):.3g}")
     assert len(relative) > 0.75 * len(ma) and max(relative.values()) < 1e-3

@@ -45,6 +45,16 @@ def logged(run: Path, kind: str = "train") -> list[dict]:
     return [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if row["kind"] == kind]
 
 
+def first_moment_differences(reference: dict, other: dict) -> dict[int, float]:
+    """Per parameter, the largest difference of AdamW's first moment (0.1 x gradient after one step) relative to
+    the reference's largest value. Tensors whose gradient is zero in exact arithmetic (attention key biases:
+    softmax is shift-invariant per query; QDA factors that start at zero) hold only round-off there, of either
+    sign, and are left out: those below 1e-7 of the largest first moment of all."""
+    largest = max(s["exp_avg"].abs().max().item() for s in reference.values())
+    return {k: ((other[k]["exp_avg"] - s["exp_avg"]).abs().max() / s["exp_avg"].abs().max()).item()
+            for k, s in reference.items() if s["exp_avg"].abs().max().item() > 1e-7 * largest}
+
+
 def step_factor(s: int, steps_per_epoch: int, drops: list[int], gamma: float, warmup: int) -> float:
     """The reference's step decay (x gamma at each drop epoch) times a linear warm-up over `warmup` steps, for the
     optimizer step with 0-based index s."""
@@ -167,12 +177,9 @@ def test_gradient_accumulation_of_2_x_8_equals_one_batch_of_16(data_dir, tmp_pat
     ma = ckpt.load_state(tmp_path / "whole" / "checkpoints" / "last")["optimizer"]["state"]
     mb = ckpt.load_state(tmp_path / "parts" / "checkpoints" / "last")["optimizer"]["state"]
     assert ma.keys() == mb.keys() and len(ma) > 100
-    # Real gradients in most tensors (some QDA factors start at zero, so others get none on the first step).
-    assert sum(bool(ma[k]["exp_avg"].abs().max() > 0) for k in ma) > 0.75 * len(ma)
-    # Per tensor, the largest difference relative to the tensor's largest value (round-off: ~1e-6; a gradient
-    # off by the factor 2 of a missing division: 0.5 or 1).
-    relative = {k: ((mb[k]["exp_avg"] - ma[k]["exp_avg"]).abs().max() / ma[k]["exp_avg"].abs().max()).item()
-                for k in ma if ma[k]["exp_avg"].abs().max() > 0}
+    # Round-off: ~1e-6 relative; a gradient off by the factor 2 of a missing division: 0.5 or 1.
+    relative = first_moment_differences(ma, mb)
+    assert len(relative) > 0.75 * len(ma)
     assert max(relative.values()) < 1e-3, sorted(relative.items(), key=lambda kv: -kv[1])[:3]
 
 
