@@ -75,6 +75,16 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def first_moment_differences(reference: dict, other: dict) -> dict[int, float]:
+    """Per parameter, the largest difference of AdamW's first moment (0.1 x gradient after one step) relative to
+    the reference's largest value. Tensors whose gradient is zero in exact arithmetic (attention key biases:
+    softmax is shift-invariant per query; QDA factors that start at zero) hold only round-off there, of either
+    sign, and are left out: those below 1e-7 of the largest first moment of all."""
+    largest = max(s["exp_avg"].abs().max().item() for s in reference.values())
+    return {k: ((other[k]["exp_avg"] - s["exp_avg"]).abs().max() / s["exp_avg"].abs().max()).item()
+            for k, s in reference.items() if s["exp_avg"].abs().max().item() > 1e-7 * largest}
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop(ckpt.PAUSE_ENV, None)
@@ -196,21 +206,27 @@ def test_ddp_two_processes_match_one_process(smoke_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = weights(tmp_path / "single"), weights(tmp_path / "ddp")
     # The key bias of softmax attention gets an exactly-zero gradient (softmax is shift-invariant per query);
-    # AdamW turns its round-off, which depends on the summation order (1 vs 2 ranks), into +-lr steps. Compare
-    # it separately: it must stay within those noise steps; everything else within float tolerance.
-    diffs, key_bias = {}, 0.0
+    # AdamW turns its round-off, which depends on the summation order (1 vs 2 ranks), into +-lr steps: it carries
+    # no signal and is left out. Everything else within float tolerance.
+    diffs = {}
     for k in a:
         d = (a[k] - b[k]).abs()
         if k.endswith("in_proj_bias"):
             third = d.numel() // 3
-            key_bias = max(key_bias, d[third: 2 * third].max().item())
             d = torch.cat([d[:third], d[2 * third:]])
         diffs[k] = d.max().item()
     diff = max(diffs.values())
-    print(f"DDP vs single process: max |param diff| = {diff:.3g} (attention key biases: {key_bias:.3g})")
+    print(f"DDP vs single process: max |param diff| = {diff:.3g}")
     assert single.step == 3
     assert diff < 2e-5, sorted(diffs.items(), key=lambda kv: -kv[1])[:5]
-    assert key_bias <= 2 * 3 * 1e-3 + 1e-6
+    # AdamW moves every weight by about lr per step whatever the gradient's size, so the weights would hardly show
+    # gradients of the wrong size (a sum over ranks instead of a mean): the first moments (a weighted sum of
+    # the 3 gradients) would.
+    ma = ckpt.load_state(tmp_path / "single" / "checkpoints" / "last")["optimizer"]["state"]
+    mb = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "last")["optimizer"]["state"]
+    relative = first_moment_differences(ma, mb)
+    assert len(relative) > 0.75 * len(ma)
+    assert max(relative.values()) < 1e-2, sorted(relative.items(), key=lambda kv: -kv[1])[:3]
     # Metrics are reduced over ranks: both runs evaluated the same 6 val samples.
     va = ckpt.load_state(tmp_path / "single" / "checkpoints" / "last")["val_metrics"]
     vb = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "last")["val_metrics"]

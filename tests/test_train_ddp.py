@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_engine import REPO, SMOKE, _env, one_thread, tiny  # noqa: F401 (one_thread: autouse)
-from test_train_state import first_moment_differences
+from test_engine import REPO, SMOKE, _env, first_moment_differences, one_thread, tiny  # noqa: F401 (one_thread: autouse)
 
 from lgrnet.config import TINY_TEXT
 from lgrnet.engine import checkpoint as ckpt

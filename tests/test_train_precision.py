@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import SMOKE, one_thread, tiny, weights  # noqa: F401 (one_thread: autouse)
-from test_train_state import first_moment_differences
+from test_engine import SMOKE, first_moment_differences, one_thread, tiny, weights  # noqa: F401 (one_thread: autouse)
 
 from lgrnet.cli import main
 from lgrnet.engine import checkpoint as ckpt

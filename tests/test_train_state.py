@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import SMOKE, assert_bitwise_equal, one_thread, tiny, weights  # noqa: F401 (one_thread: autouse)
+from test_engine import (  # noqa: F401 (one_thread: autouse)
+    SMOKE,
+    assert_bitwise_equal,
+    first_moment_differences,
+    one_thread,
+    tiny,
+    weights,
+)
 
 from lgrnet.cli import main
 from lgrnet.config import TINY_TEXT, TrainConfig, tiny_twin
@@ -43,16 +50,6 @@ def data_dir(tmp_path_factory) -> Path:
 
 def logged(run: Path, kind: str = "train") -> list[dict]:
     return [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if row["kind"] == kind]
-
-
-def first_moment_differences(reference: dict, other: dict) -> dict[int, float]:
-    """Per parameter, the largest difference of AdamW's first moment (0.1 x gradient after one step) relative to
-    the reference's largest value. Tensors whose gradient is zero in exact arithmetic (attention key biases:
-    softmax is shift-invariant per query; QDA factors that start at zero) hold only round-off there, of either
-    sign, and are left out: those below 1e-7 of the largest first moment of all."""
-    largest = max(s["exp_avg"].abs().max().item() for s in reference.values())
-    return {k: ((other[k]["exp_avg"] - s["exp_avg"]).abs().max() / s["exp_avg"].abs().max()).item()
-            for k, s in reference.items() if s["exp_avg"].abs().max().item() > 1e-7 * largest}
 
 
 def step_factor(s: int, steps_per_epoch: int, drops: list[int], gamma: float, warmup: int) -> float:
