@@ -200,3 +200,16 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path: Path, capsys: pytest.Captu
         load_script("make_custom_dataset").main([str(tmp_path)])
     assert exc.value.code == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_custom_yaml_fine_tunes_with_a_cosine_that_ends_at_zero() -> None:
+    from lgrnet.config import load_config
+    from lgrnet.engine.optim import final_lr_factor
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "custom.yaml", ["data.root=somewhere", "train.time_limit_minutes=15"])
+    train = config.train
+    # a time budget with a cosine schedule: the trainer points the cosine's end at the budget's last step
+    assert (train.lr_schedule, train.time_limit_minutes, final_lr_factor(train)) == ("cosine", 15.0, 0.0)
+    # fine-tuning rates: no group above 1e-4 (5e-4 undid the shipped model's knowledge on a new domain)
+    assert max(train.lr, train.lr_visual, train.lr_qda, train.lr_neck_lateral) <= 1e-4
