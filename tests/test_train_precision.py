@@ -91,8 +91,13 @@ def test_fp16_training_clips_unscaled_gradients(data_dir, tmp_path, monkeypatch)
 def model_folder(data_dir, tmp_path_factory) -> Path:
     """A tiny 64 px model after one training step (random weights would predict nearly constant boxes)."""
     run = tmp_path_factory.mktemp("trained")
-    train(tiny(data_dir, "data.train_split=four", "train.batch_size=2", "train.max_steps=1", "train.eval_every=0",
-               "train.lr=1e-2"), run, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread
+    try:
+        train(tiny(data_dir, "data.train_split=four", "train.batch_size=2", "train.max_steps=1",
+                   "train.eval_every=0", "train.lr=1e-2"), run, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     return run / "checkpoints" / "last"
 
 
