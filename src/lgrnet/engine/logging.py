@@ -1,5 +1,6 @@
 """Training logs written by rank 0 only (spec section 15.14: the reference let every rank write): a JSONL metrics
-log, optional TensorBoard scalars, and a tqdm progress bar with loss, lr, samples/s and ETA."""
+log, optional TensorBoard scalars, a tqdm progress bar with loss, lr, samples/s and ETA, and the on-device loss
+window the log and the non-finite check read at intervals instead of every step."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 
@@ -49,19 +53,31 @@ class MetricsLogger:
 
 
 class Progress:
-    """Per-epoch progress bar (rank 0): tqdm shows the ETA; the postfix shows loss, lr and samples/s."""
+    """Per-epoch progress bar (rank 0): tqdm shows the ETA; the postfix shows loss, lr and samples/s.
+
+    The loss shown is a host number the caller already has (the logging interval's mean): the bar never reads a
+    device tensor, so updating it every step costs no host-device synchronisation."""
 
     def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, initial: int = 0) -> None:
         self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", disable=not enabled,
                         dynamic_ncols=True, file=sys.stderr, leave=False)
         self.start = time.perf_counter()
         self.samples = 0
+        self.loss: float | None = None
 
-    def update(self, samples: int, loss: float, lr: float) -> None:
+    def update(self, samples: int, loss: float | None, lr: float) -> None:
+        """One optimizer step of ``samples`` samples; ``loss`` None keeps the last loss shown."""
         self.samples += samples
+        if loss is not None:
+            self.loss = float(loss)
         rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", refresh=False)
+        shown = "-" if self.loss is None else f"{self.loss:.4f}"
+        self.bar.set_postfix(loss=shown, lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", refresh=False)
         self.bar.update(1)
+
+    def set_loss(self, loss: float) -> None:
+        """The loss to show from now on (a host float, e.g. the mean of the last logging interval)."""
+        self.loss = float(loss)
 
     @property
     def samples_per_second(self) -> float:
@@ -69,3 +85,60 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@dataclass(frozen=True)
+class LossPosition:
+    """Where a micro-batch's loss came from: the optimizer step it belongs to, epoch and batch (1-based)."""
+
+    step: int
+    epoch: int
+    batch: int
+
+
+class LossWindow:
+    """The training losses since the last check, kept on the device so that a step never waits for the GPU.
+
+    :meth:`add` only queues a detached 0-d tensor (no host read). :meth:`check` stacks what is pending, sums it over
+    the processes with ``reduce`` (one collective for the whole interval) and reads it on the host once; it returns
+    the first non-finite value with its position, if any, and adds the rest to the running sum that
+    :meth:`take_mean` hands to the log (the mean over processes and micro-batches since the last log).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[torch.Tensor] = []
+        self._positions: list[LossPosition] = []
+        self._total = 0.0
+        self._count = 0
+
+    def add(self, loss: torch.Tensor, position: LossPosition) -> None:
+        self._pending.append(loss.detach().float().reshape(()))
+        self._positions.append(position)
+
+    def check(self, reduce: Callable[[torch.Tensor], torch.Tensor],
+              world_size: int = 1) -> tuple[float, LossPosition] | None:
+        """Read the pending losses (mean over ``world_size`` processes after ``reduce`` sums them); returns the first
+        non-finite one and where it came from, else None. Nothing is pending afterwards."""
+        if not self._pending:
+            return None
+        values = (reduce(torch.stack(self._pending)) / world_size).tolist()
+        positions = self._positions
+        self._pending, self._positions = [], []
+        for value, position in zip(values, positions):
+            if not math.isfinite(value):
+                return value, position
+        self._total += sum(values)
+        self._count += len(values)
+        return None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def take_mean(self) -> float | None:
+        """Mean of the checked losses since the last call (None if there were none); starts a new interval."""
+        if self._count == 0:
+            return None
+        mean = self._total / self._count
+        self._total, self._count = 0.0, 0
+        return mean
