@@ -5,15 +5,13 @@ model (here a tiny stand-in named through $LGRNET_SHIPPED_MODEL)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import one_line_error, run_cli_captured
 
-from lgrnet.cli import main
 from lgrnet.config import explicit_keys, load_config, load_train_config, tiny_twin
 from lgrnet.errors import CheckpointError
 from lgrnet.model.registry import SHIPPED_MODEL_ENV, has_model, shipped_model_folder
@@ -22,18 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 CUSTOM = REPO / "configs" / "custom.yaml"
 
 
-def _cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
-
-
-def _one_line_error(err: str, command: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"lgrnet {command}: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+_cli = run_cli_captured
+_one_line_error = one_line_error
 
 
 @pytest.fixture(scope="module")

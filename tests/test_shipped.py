@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_line_error, run_cli_captured
 
 from lgrnet.cli import main
 from lgrnet.config import load_config
@@ -29,18 +30,8 @@ SHIPPED = WEIGHTS_DIR / "synthref-small"
 needs_shipped = pytest.mark.skipif(not has_model(SHIPPED), reason="no shipped model in this build")
 
 
-def _cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
-    return code, out.getvalue(), err.getvalue()
-
-
-def _one_line_error(err: str, command: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"lgrnet {command}: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+_cli = run_cli_captured
+_one_line_error = one_line_error
 
 
 # --------------------------------------------------------------------------------------------------------------
