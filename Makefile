@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lgrnet-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup quickstart test test-fast lint info clean browser
+.PHONY: setup quickstart test test-fast lint info clean browser mutate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,15 @@ test: setup browser
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# Mutation testing (minutes per module, not part of `make test`; docs/testing.md):
+# `make mutate` or `make mutate MODULE=checkpoint` (checkpoint, readers, losses, transforms, mappings).
+MODULE ?=
+MUTATE_JOBS ?= 2
+mutate: setup
+	nice -n 10 $(PY) scripts/mutate.py --jobs $(MUTATE_JOBS) $(MODULE)
+
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build/mutate
