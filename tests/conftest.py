@@ -10,6 +10,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture
+def one_thread():
+    """Tests that train use one intra-op thread (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    from model_helpers import one_intraop_thread
+
+    with one_intraop_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

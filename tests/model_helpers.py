@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 
 from lgrnet.config import tiny_twin
 from lgrnet.model.lgrnet import LGRNet
+
+
+@contextlib.contextmanager
+def one_intraop_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine, more threads made the tiny training steps 3x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_inputs(cfg, batch: int = 3, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -23,14 +23,7 @@ from lgrnet.model.visual import (
     synchronise_batchnorm,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # One preset per family: reference Swin, the paper's Swin, the pretrained ResNet, the from-scratch ResNet (tiny and

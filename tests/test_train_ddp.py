@@ -10,10 +10,9 @@ import sys
 
 import pytest
 import torch
-from test_engine import REPO, SMOKE, _env, first_moment_differences, one_thread, tiny  # noqa: F401 (one_thread: autouse)
+from test_engine import REPO, SMOKE, _env, assert_first_moments_agree, tiny
 
 from lgrnet.config import TINY_TEXT
-from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.distributed import cleanup_distributed
 from lgrnet.engine.evaluate import evaluate
 from lgrnet.engine.train import Trainer
@@ -39,6 +38,9 @@ if trainer.info.is_main:
         json.dump({"metrics": metrics, "predictions": predictions}, f)
 cleanup_distributed()
 """
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
@@ -76,12 +78,7 @@ def test_ddp_accumulation_and_gathered_predictions_match_one_process(tmp_path):
         cleanup_distributed()
     assert single.step == 1
 
-    ma = ckpt.load_state(tmp_path / "single" / "checkpoints" / "last")["optimizer"]["state"]
-    mb = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "last")["optimizer"]["state"]
-    assert ma.keys() == mb.keys() and len(ma) > 100
-    relative = first_moment_differences(ma, mb)
-    assert len(relative) > 0.75 * len(ma)
-    assert max(relative.values()) < 1e-3, sorted(relative.items(), key=lambda kv: -kv[1])[:3]
+    assert_first_moments_agree(tmp_path / "single", tmp_path / "ddp", 1e-3)
 
     gathered = json.loads((tmp_path / "ddp.json").read_text())
     predictions = gathered["predictions"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import SMOKE, first_moment_differences, one_thread, tiny, weights  # noqa: F401 (one_thread: autouse)
+from model_helpers import one_intraop_thread
+from test_engine import SMOKE, assert_first_moments_agree, tiny, weights
 
 from lgrnet.cli import main
 from lgrnet.config import TINY_TEXT
@@ -29,6 +30,9 @@ def data_dir(tmp_path_factory) -> Path:
                 f.write(json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"],
                                     "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n")
     return out
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _record_linear_dtypes(monkeypatch) -> list[tuple[bool, torch.dtype]]:
@@ -93,13 +97,9 @@ def test_fp16_training_clips_unscaled_gradients(data_dir, tmp_path, monkeypatch)
 def model_folder(data_dir, tmp_path_factory) -> Path:
     """A tiny 64 px model after one training step (random weights would predict nearly constant boxes)."""
     run = tmp_path_factory.mktemp("trained")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread
-    try:
+    with one_intraop_thread():  # module fixtures run before the function-scoped one_thread
         train(tiny(data_dir, "data.train_split=four", "train.batch_size=2", "train.max_steps=1",
                    "train.eval_every=0", "train.lr=1e-2"), run, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
     return run / "checkpoints" / "last"
 
 
@@ -181,10 +181,6 @@ def test_compiled_training_matches_eager(data_dir, tmp_path, backend):
         return next(r["loss"] for r in rows if r["kind"] == "train")
 
     assert loss(tmp_path / "compiled") == pytest.approx(loss(tmp_path / "eager"), rel=1e-5)
-    ma = ckpt.load_state(tmp_path / "eager" / "checkpoints" / "last")["optimizer"]["state"]
-    mb = ckpt.load_state(tmp_path / "compiled" / "checkpoints" / "last")["optimizer"]["state"]
-    assert ma.keys() == mb.keys() and len(ma) > 100
-    relative = first_moment_differences(ma, mb)
+    relative = assert_first_moments_agree(tmp_path / "eager", tmp_path / "compiled", 5e-3)
     print(f"compiled ({backend}) vs eager: loss {loss(tmp_path / 'compiled')} vs {loss(tmp_path / 'eager')}, "
           f"worst relative gradient difference {max(relative.values()):.3g}")
-    assert len(relative) > 0.75 * len(ma) and max(relative.values()) < 5e-3

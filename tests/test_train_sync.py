@@ -23,13 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from lgrnet.config import Config, load_config, tiny_twin
 from lgrnet.engine.logging import LossPosition, LossWindow
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
