@@ -37,6 +37,20 @@ def save_model(model: torch.nn.Module, config: Config, folder: str | Path) -> Pa
     return folder
 
 
+def _read_model_folder(ref: str | Path, what: str, context: str = "") -> tuple[Path, Config]:
+    """The local folder ``ref`` names and its config, after checking that both files are there; errors start
+    with ``context``."""
+    folder = resolve_model(ref, what)
+    config_path = folder / CONFIG_FILE
+    for needed in (config_path, folder / WEIGHTS_FILE):
+        if not needed.is_file():
+            raise CheckpointError(f"{context}model folder {folder}: missing {needed.name}")
+    try:
+        return folder, load_config(config_path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{context}{config_path}: {exc}") from None
+
+
 def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu", what: str = "model"):
     """Load a model written by :func:`save_model`: a model folder, a training output folder, a shipped model name
     (``synthref``) or a hub id (:func:`lgrnet.model.registry.resolve_model`; ``what`` names the argument in
@@ -46,15 +60,8 @@ def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu", w
 
     from lgrnet.model.lgrnet import LGRNet
 
-    folder = resolve_model(path_or_hub_id, what)
+    folder, config = _read_model_folder(path_or_hub_id, what)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise CheckpointError(f"model folder {folder}: missing {needed.name}")
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise CheckpointError(f"{config_path}: {exc}") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
@@ -148,15 +155,8 @@ def init_from_config(config: Config, explicit: set[str]) -> Config:
     folder's weights: CheckpointError naming the first differing setting."""
     ref = str(config.train.init_from)
     what = "train.init_from"
-    folder = resolve_model(ref, what)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for needed in (config_path, weights_path):
-        if not needed.is_file():
-            raise CheckpointError(f"{what} {ref}: model folder {folder} has no {needed.name}")
-    try:
-        source = load_config(config_path)
-    except ConfigError as exc:
-        raise CheckpointError(f"{what} {ref}: {config_path}: {exc}") from None
+    folder, source = _read_model_folder(ref, what, context=f"{what} {ref}: ")
+    weights_path = folder / WEIGHTS_FILE
     data = config.to_dict()
     model = source.to_dict()["model"]
     ours = _flatten(data["model"], "model")
