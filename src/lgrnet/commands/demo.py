@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from lgrnet.commands.predict import add_precision_argument
+from lgrnet.commands.options import add_precision_argument
 from lgrnet.errors import LGRNetError
 
 

@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-# Kept here (not imported from the engine) so that `lgrnet --help` does not import torch.
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def _precision(value: str) -> str:
-    return "fp32" if value == "off" else value  # the config's spelling of fp32 (train.precision: off)
+from lgrnet.commands.options import add_precision_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", default=None, metavar="PREDS.JSONL",
                         help="write per-sample predictions (boxes in original-image pixels)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, type=_precision,
-                        help="fp32 (default, as the reference; 'off' is accepted too) or bf16/fp16 autocast")
+    add_precision_argument(parser, help="fp32 (default, as the reference; 'off' is accepted too) or bf16/fp16 "
+                           "autocast", old_dtype_name=False)
     parser.set_defaults(func=handle)
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lgrnet.commands.options import add_precision_argument
 from lgrnet.errors import DataError, LGRNetError
 
 
@@ -52,29 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (JSONL mode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (JSONL mode)")
     parser.set_defaults(func=run)
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def _precision(text: str) -> str:
-    return "fp32" if text == "off" else text  # "off" (no autocast) is fp32, as in `lgrnet eval`
-
-
-class _DeprecatedDtype(argparse.Action):
-    """``--dtype``: the old name of ``--precision``; still works, with a note on stderr."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"{parser.prog}: note: {option_string} is now --precision", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_precision_argument(parser: argparse.ArgumentParser) -> None:
-    """``--precision {fp32,bf16,fp16}`` (autocast; "off" = fp32), with ``--dtype`` as a hidden old name."""
-    parser.add_argument("--precision", default="fp32", type=_precision, choices=PRECISIONS,
-                        help="fp32, or bf16/fp16 autocast (default fp32)")
-    parser.add_argument("--dtype", dest="precision", type=_precision, choices=PRECISIONS, action=_DeprecatedDtype,
-                        help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
