@@ -1,6 +1,6 @@
 """The ``lgrnet`` command line: parses arguments and calls the library. Each subcommand lives in
-``lgrnet.commands.<name>`` with a ``register(subparsers)`` function that sets ``func`` on its parser; heavy imports
-happen inside the handlers so that ``lgrnet --help`` stays fast."""
+``lgrnet.commands.<name>`` with a ``register(subparsers)`` function that sets ``func`` (the module's ``run``) on
+its parser; heavy imports happen inside ``run`` so that ``lgrnet --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lgrnet", description="LGR-NET referring expression comprehension")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"lgrnet.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lgrnet.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"lgrnet.commands.{name}").register(subparsers)
     return parser
 
 

@@ -157,10 +157,15 @@ class AugmentConfig:
     flip: bool = False
 
 
+#: The annotation formats the readers take: "transvg" split files, "refer" API files, "vg" region descriptions,
+#: "jsonl" custom data, "synth" SynthRef.
+DataFormat = Literal["transvg", "refer", "vg", "jsonl", "synth"]
+DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormat)
+
+
 @dataclass
 class DataConfig:
-    # "transvg" split files, "refer" API files, "vg" region descriptions, "jsonl" custom data, "synth" SynthRef.
-    format: Literal["transvg", "refer", "vg", "jsonl", "synth"] = "transvg"
+    format: DataFormat = "transvg"
     # transvg: dataset key (unc, unc+, gref, gref_umd, referit, flickr); refer: dataset (refcoco, refcocog, ...).
     dataset: str = "unc"
     # Folder holding the annotations: transvg `split_root` (contains <dataset>/), refer folder, jsonl folder.

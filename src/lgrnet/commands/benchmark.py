@@ -51,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--breakdown", action="store_true",
                    help="CPU: also time the full model's parts (text, backbone stages, QDA, neck, fusion, head)")
     p.add_argument("--json", type=Path, help="write the full report as JSON here")
-    p.set_defaults(func=handler)
+    p.set_defaults(func=run)
 
 
-def handler(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from lgrnet.benchmark import BenchmarkSettings, run_benchmark
     from lgrnet.config import load_config
 

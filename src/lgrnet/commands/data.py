@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lgrnet.config import DATA_FORMATS
 from lgrnet.errors import LGRNetError
-
-FORMATS = ("transvg", "refer", "vg", "jsonl", "synth")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--format", choices=FORMATS, default="transvg", help="input format (default: %(default)s)")
+        q.add_argument("--format", choices=DATA_FORMATS, default="transvg", help="input format (default: %(default)s)")
         q.add_argument("--root", required=True, type=Path,
                        help="transvg: split root holding <dataset>/; refer: folder with <dataset>/refs(...).p; "
                             "vg: region_descriptions.json; jsonl/synth: a JSONL file or a folder of <split>.jsonl")
@@ -38,11 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--spatial-match", choices=("substring", "word"), default="substring",
                        help="spatial = left/right/top/bottom/middle as substrings (the reference's rule) or as "
                             "whole words (default: %(default)s)")
-    stats.set_defaults(func=stats_handler)
+    stats.set_defaults(func=run_stats)
     convert = sub.add_parser("convert", help="write records as lgrnet JSONL (image paths relative to the output)")
     common(convert)
     convert.add_argument("--output", "-o", required=True, type=Path, help="JSONL file to write")
-    convert.set_defaults(func=convert_handler)
+    convert.set_defaults(func=run_convert)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -85,7 +84,7 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
     return out
 
 
-def stats_handler(args: argparse.Namespace) -> int:
+def run_stats(args: argparse.Namespace) -> int:
     from lgrnet.data.stats import format_table, split_stats
 
     rows = [split_stats(label, records, args.spatial_match) for label, records in _sources(args)]
@@ -95,7 +94,7 @@ def stats_handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def convert_handler(args: argparse.Namespace) -> int:
+def run_convert(args: argparse.Namespace) -> int:
     from lgrnet.data.readers import write_jsonl
     from lgrnet.output_paths import check_output_file
 

@@ -34,10 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_argument(parser, help="fp32 (default, as the reference; 'off' is accepted too) or bf16/fp16 "
                            "autocast", old_dtype_name=False)
-    parser.set_defaults(func=handle)
+    parser.set_defaults(func=run)
 
 
-def handle(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import json
     import os
 

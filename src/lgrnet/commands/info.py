@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", default=None, help="YAML config file (overrides --preset)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set model.num_layers=3 (repeatable)")
-    parser.set_defaults(func=handler)
+    parser.set_defaults(func=run)
 
 
 def build_random_model(config):
@@ -40,7 +40,7 @@ def format_table(rows: list[tuple[str, int, int]], title: str) -> str:
     return "\n".join(lines)
 
 
-def handler(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from lgrnet.config import load_config
 
     config = load_config(args.config or args.preset, args.overrides)  # a bad config fails before torch loads

@@ -23,10 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "or a checkpoint folder")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto = CUDA when available (default)")
-    parser.set_defaults(func=handle)
+    parser.set_defaults(func=run)
 
 
-def handle(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import json
     import time
 

@@ -16,10 +16,8 @@ import copy
 import json
 from pathlib import Path
 
-from lgrnet.config import DataConfig, load_config
+from lgrnet.config import DATA_FORMATS, DataConfig, load_config
 from lgrnet.errors import LGRNetError
-
-FORMATS = ("transvg", "refer", "vg", "jsonl", "synth")
 
 
 def parse_dataspec(spec: str | None, default: DataConfig) -> DataConfig:
@@ -38,12 +36,12 @@ def parse_dataspec(spec: str | None, default: DataConfig) -> DataConfig:
             raise LGRNetError(f"--data {spec}: no such JSONL file")
         return _with(default, ["format=jsonl", f"root={path}"])
     fmt, sep, rest = spec.partition(":")
-    if sep and fmt in FORMATS:
+    if sep and fmt in DATA_FORMATS:
         root, *pairs = rest.split(",")
         return _with(default, [f"format={fmt}", f"root={root}", *pairs])
     raise LGRNetError(
         f"--data {spec}: not a config .yaml, a folder or .jsonl file, nor FORMAT:ROOT[,key=value...] with FORMAT "
-        f"one of {', '.join(FORMATS)}")
+        f"one of {', '.join(DATA_FORMATS)}")
 
 
 def _with(default: DataConfig, items: list[str]) -> DataConfig:
