@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Kept here (not imported from the engine's list) so that `lgrnet --help` does not import torch.
-PRECISIONS = ("fp32", "bf16", "fp16")
+from lgrnet.errors import LGRNetError
+from lgrnet.precision import PRECISIONS, normalize_precision  # torch-free: `lgrnet --help` stays fast
 
 
 def _precision(text: str) -> str:
-    return "fp32" if text == "off" else text  # "off" (no autocast; train.precision's spelling) is fp32
+    """The precision name of ``text`` ("off" is fp32); an unknown name is left for argparse's choices check, which
+    lists the choices."""
+    try:
+        return normalize_precision(text)
+    except LGRNetError:
+        return text
 
 
 class _DeprecatedDtype(argparse.Action):

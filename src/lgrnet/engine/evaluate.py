@@ -7,7 +7,6 @@ Evaluation runs without autocast by default, as the reference (fp32).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,21 +20,11 @@ from lgrnet.data.spatial import SpatialMatch, is_spatial
 from lgrnet.data.transforms import canvas_to_original
 from lgrnet.engine.distributed import DistInfo
 from lgrnet.engine.metrics import MetricAccumulator, canvas_iou, paired_iou
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: ``--precision`` of ``lgrnet eval`` (and ``predict``): fp32 (no autocast, as the reference), bf16 or fp16 autocast.
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for "bf16"/"fp16", a no-op for "fp32" (and its config spelling "off")."""
-    if precision in ("off", "fp32"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+from lgrnet.precision import autocast, normalize_precision
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: str = "off",
+def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: str = "fp32",
              collect_predictions: bool = False, spatial_match: SpatialMatch = "substring",
              ) -> tuple[dict[str, float], list[dict[str, Any]] | None]:
     """Metrics of ``model`` on ``loader`` (reduced over ranks) and, when asked, the predictions (rank 0 only:
@@ -144,13 +133,12 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
     from lgrnet.data.readers import load_records
     from lgrnet.engine.dataspec import parse_dataspec
     from lgrnet.engine.distributed import init_distributed
-    from lgrnet.errors import DataError, LGRNetError
+    from lgrnet.errors import DataError
     from lgrnet.model.io import load_model
     from lgrnet.model.text import build_tokenizer
     from lgrnet.output_paths import check_output_file
 
-    if precision not in (*PRECISIONS, "off"):
-        raise LGRNetError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    precision = normalize_precision(precision, what="--precision")
     if output is not None:
         check_output_file(output, "--output")
     info = init_distributed(device)
