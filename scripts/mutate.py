@@ -46,13 +46,16 @@ MODULES: dict[str, Module] = {
     "checkpoint": Module(
         files=("src/lgrnet/engine/checkpoint.py", "src/lgrnet/engine/optim.py"),
         mutants=("lgrnet.engine.checkpoint.*", "lgrnet.engine.optim.*"),
-        tests=("tests/test_checkpoint.py", "tests/test_engine.py"),
+        tests=("tests/test_checkpoint.py", "tests/test_checkpoint_files.py", "tests/test_optim.py",
+               "tests/test_engine.py", "tests/test_train_state.py", "tests/test_train_precision.py",
+               "tests/test_train_sync.py"),
     ),
     "readers": Module(
         files=("src/lgrnet/data/readers/*.py",),
         mutants=("lgrnet.data.readers.*",),
-        tests=("tests/test_readers.py", "tests/test_dataset.py", "tests/test_synth.py",
-               "tests/test_data_cli.py"),
+        tests=("tests/test_readers.py", "tests/test_safe_pickle.py", "tests/test_dataset.py",
+               "tests/test_synth.py", "tests/test_data_cli.py", "tests/test_spatial.py",
+               "tests/test_custom_dataset.py"),
         deselect=("tests/test_data_cli.py::test_overlay_script_writes_all_30_samples",
                   "tests/test_data_cli.py::test_pipeline_benchmark_reports_rates",
                   "tests/test_data_cli.py::test_shrink_images_scales_boxes_with_the_pixels"),
@@ -60,21 +63,23 @@ MODULES: dict[str, Module] = {
     "losses": Module(
         files=("src/lgrnet/model/losses.py",),
         mutants=("lgrnet.model.losses.*",),
-        tests=("tests/test_losses.py",),
+        tests=("tests/test_losses.py", "tests/test_loss_reductions.py", "tests/test_train_sync.py"),
     ),
     "transforms": Module(
         files=("src/lgrnet/data/transforms.py",),
         mutants=("lgrnet.data.transforms.*",),
-        tests=("tests/test_transforms.py", "tests/test_dataset.py"),
+        tests=("tests/test_transforms.py", "tests/test_crop.py", "tests/test_point_mapping.py",
+               "tests/test_dataset.py"),
     ),
     # The predictor's canvas -> original-image mappings: the letterbox inverse of the predicted point, the
     # attention map's crop and resize, and the predictor's forward pass that maps boxes and points back.
     "mappings": Module(
-        files=("src/lgrnet/inference/attention.py", "src/lgrnet/inference/predictor.py"),
-        mutants=("lgrnet.inference.attention.xǁLetterboxǁ*",
+        files=("src/lgrnet/inference/attention.py", "src/lgrnet/inference/processor.py",
+               "src/lgrnet/inference/predictor.py"),
+        mutants=("lgrnet.inference.attention.xǁLetterboxǁ*", "lgrnet.inference.processor.xǁLetterboxǁ*",
                  "lgrnet.inference.attention.x_attention_on_image*",
                  "lgrnet.inference.predictor.xǁPredictorǁ_forward*"),
-        tests=("tests/test_predictor.py", "tests/test_visualize.py"),
+        tests=("tests/test_predictor.py", "tests/test_point_mapping.py", "tests/test_visualize.py"),
     ),
 }
 
