@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from lgrnet.config import TINY_TEXT, Config, TrainConfig, load_config, tiny_twin
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.optim import cosine_horizon, time_budget_horizon
-from lgrnet.engine.train import FAIL_ENV, NonFiniteLossError, train
+from lgrnet.engine.train import NonFiniteLossError, train
 from lgrnet.errors import DataError
 
 SMOKE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_smoke"
@@ -91,11 +91,12 @@ def assert_first_moments_agree(run_a: Path, run_b: Path, limit: float) -> dict[i
     return relative
 
 
+# Runs the CLI in a child process with a fault hook installed (see the script's docstring).
+FAULT_LAUNCHER = Path(__file__).resolve().parent / "fault_launcher.py"
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop(ckpt.PAUSE_ENV, None)
-    env.pop(FAIL_ENV, None)
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,10 +159,11 @@ def test_sigkill_during_checkpoint_write_then_resume_auto(smoke_dir, tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(tiny(smoke_dir, "train.epochs=3").to_yaml())
-    env = _env()
-    env[ckpt.PAUSE_ENV] = "6"  # the end-of-epoch-2 checkpoint (3 steps per epoch)
-    proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--output-dir", str(run), "--device", "cpu"),
-                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    # Paused in the end-of-epoch-2 checkpoint (3 steps per epoch).
+    launch = [sys.executable, str(FAULT_LAUNCHER), "--pause-checkpoint-at-step", "6", "--",
+              "train", "--config", str(cfg), "--output-dir", str(run), "--device", "cpu"]
+    proc = subprocess.Popen(launch, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            cwd=REPO)
     paused = False
     deadline = time.monotonic() + 240
     try:
@@ -240,12 +242,11 @@ def test_ddp_two_processes_match_one_process(smoke_dir, tmp_path):
 def test_failing_rank_stops_the_job_instead_of_hanging(smoke_dir, tmp_path):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(tiny(smoke_dir, "train.batch_size=2", "train.max_steps=4").to_yaml())
-    env = _env()
-    env[FAIL_ENV] = "1:2"
     start = time.monotonic()
-    done = subprocess.run(_torchrun(2, "train", "--config", str(cfg), "--output-dir", str(tmp_path / "run"),
-                                    "--device", "cpu"), env=env, capture_output=True, text=True, cwd=REPO,
-                          timeout=240)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+              str(FAULT_LAUNCHER), "--fail-rank-at-step", "1:2", "--",
+              "train", "--config", str(cfg), "--output-dir", str(tmp_path / "run"), "--device", "cpu"]
+    done = subprocess.run(launch, env=_env(), capture_output=True, text=True, cwd=REPO, timeout=240)
     assert done.returncode != 0
     assert "rank 1 fails at step 2" in done.stderr
     assert time.monotonic() - start < 200
@@ -336,6 +337,14 @@ def test_time_limit_stops_with_a_validated_resumable_checkpoint_and_cosine_fits_
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LGRNet, "forward", forward)
+    shown = []  # the progress bar's description after each step
+
+    class RecordingProgress(lgrnet.engine.logging.Progress):
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            shown.append(self.bar.desc.rstrip(": "))
+
+    monkeypatch.setattr(lgrnet.engine.train, "Progress", RecordingProgress)
     config = tiny(smoke_dir, "train.epochs=1000", "train.time_limit_minutes=0.1", "train.lr_schedule=cosine",
                   "train.batch_size=2", "train.eval_every=1000")
     start = time.monotonic()
@@ -352,6 +361,16 @@ def test_time_limit_stops_with_a_validated_resumable_checkpoint_and_cosine_fits_
     base = config.train.lr
     assert len(lrs) == result.step and 18 <= result.step <= 24  # 24 steps of 0.25 s fill 6 s
     assert lrs[5] == pytest.approx(base, rel=1e-3) and lrs[-1] < 0.1 * base
+    # The bar shows the budget, not "epoch 1/1000": steps done, virtual seconds spent (0.25 per step) / 6 s.
+    assert shown[0] == "step 1, 0:00/0:06" and shown[7] == "step 8, 0:02/0:06"
+    assert shown[-1] == f"step {result.step}, 0:0{int(result.step * 0.25)}/0:06" and len(shown) == result.step
+
+
+def test_time_budget_label_counts_minutes_and_hours():
+    from lgrnet.engine.logging import TimeBudget
+
+    assert TimeBudget(15 * 60, lambda: 3 * 60 + 12.9).label(37) == "step 37, 3:12/15:00"
+    assert TimeBudget(2 * 3600, lambda: 3600 + 2 * 60 + 5).label(5) == "step 5, 1:02:05/2:00:00"
 
 
 def test_cosine_horizon_is_the_first_limit_and_the_time_budget_caps_it():

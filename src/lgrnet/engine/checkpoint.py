@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from lgrnet.errors import CheckpointError
 MARKER = "COMPLETE"
 STATE_FILE = "training_state.pt"
 MODEL_FILE = "model.safetensors"
-# Test hook: pause (so a test can SIGKILL the process) while writing a checkpoint of this global step.
-PAUSE_ENV = "LGRNET_TEST_PAUSE_CHECKPOINT_AT_STEP"
+# Called as hook(folder, state) while a checkpoint is half written: its model files are in the temporary `folder`,
+# its training state and marker are not yet (crash tests stop and kill the process here).
+mid_write_hooks: list[Callable[[Path, dict[str, Any]], None]] = []
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def write_checkpoint(root: Path, name: str, write_model: Callable[[Path], None],
         remove_checkpoint(tmp)
     tmp.mkdir()
     write_model(tmp)
-    _maybe_pause(int(state.get("step", -1)), tmp)
+    for hook in mid_write_hooks:
+        hook(tmp, state)
     torch.save(state, tmp / STATE_FILE)
     summary = {"epoch": state["epoch"], "step": state["step"], "batch_in_epoch": state["batch_in_epoch"],
                "time": time.time()}
@@ -122,13 +123,6 @@ def link_checkpoint(root: Path, source: Path, name: str) -> Path:
     _fsync_tree(tmp)
     _replace(tmp, root / name)
     return root / name
-
-
-def _maybe_pause(step: int, folder: Path) -> None:
-    target = os.environ.get(PAUSE_ENV)
-    if target is not None and int(target) == step:
-        print(f"LGRNET_TEST: paused writing checkpoint {folder}", file=sys.stderr, flush=True)
-        time.sleep(3600)
 
 
 def model_file_problem(path: Path) -> str | None:

@@ -52,14 +52,39 @@ class MetricsLogger:
             self.writer.close()
 
 
+def _clock(seconds: float) -> str:
+    """``192`` -> ``3:12``, ``3725`` -> ``1:02:05``."""
+    hours, rest = divmod(max(0, int(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """A run bounded by the clock (``train.time_limit_minutes``): the budget and how much of it is spent."""
+
+    budget_s: float
+    elapsed_s: Callable[[], float]
+
+    def label(self, step: int) -> str:
+        """The progress bar's description, e.g. ``step 37, 3:12/15:00`` (steps done, time spent / budget)."""
+        return f"step {step}, {_clock(self.elapsed_s())}/{_clock(self.budget_s)}"
+
+
 class Progress:
-    """Per-epoch progress bar (rank 0): tqdm shows the ETA; the postfix shows loss, lr and samples/s.
+    """Per-epoch progress bar (rank 0): tqdm shows the ETA; the postfix shows loss, lr and samples/s. The description
+    is ``epoch E/EPOCHS``, or for a run with a :class:`TimeBudget` (where the epoch count is only an upper bound)
+    the steps done and the time spent of the budget.
 
     The loss shown is a host number the caller already has (the logging interval's mean): the bar never reads a
     device tensor, so updating it every step costs no host-device synchronisation."""
 
-    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, initial: int = 0) -> None:
-        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", disable=not enabled,
+    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool, initial: int = 0, step: int = 0,
+                 budget: TimeBudget | None = None) -> None:
+        self.budget = budget
+        self.step = step
+        desc = budget.label(step) if budget is not None else f"epoch {epoch + 1}/{epochs}"
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled,
                         dynamic_ncols=True, file=sys.stderr, leave=False)
         self.start = time.perf_counter()
         self.samples = 0
@@ -67,6 +92,9 @@ class Progress:
 
     def update(self, samples: int, loss: float | None, lr: float) -> None:
         """One optimizer step of ``samples`` samples; ``loss`` None keeps the last loss shown."""
+        self.step += 1
+        if self.budget is not None:
+            self.bar.set_description(self.budget.label(self.step), refresh=False)
         self.samples += samples
         if loss is not None:
             self.loss = float(loss)

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from lgrnet.engine.distributed import (
     set_deterministic,
 )
 from lgrnet.engine.evaluate import autocast, evaluate
-from lgrnet.engine.logging import MetricsLogger, Progress
+from lgrnet.engine.logging import MetricsLogger, Progress, TimeBudget
 from lgrnet.engine.optim import (
     build_optimizer,
     build_scheduler,
@@ -45,18 +46,13 @@ from lgrnet.engine.optim import (
 )
 from lgrnet.errors import CheckpointError, LGRNetError
 
-# Test hook "RANK:STEP": that rank raises before the step, to show that the other ranks stop instead of hanging.
-FAIL_ENV = "LGRNET_TEST_FAIL_RANK_AT_STEP"
+# Called as hook(rank, step) before each micro-batch of optimizer step `step` (1-based): instrumentation, and fault
+# injection in tests (a rank that raises here shows that the other ranks stop instead of hanging).
+before_step_hooks: list[Callable[[int, int], None]] = []
 
 
 def _say(message: str) -> None:
     print(f"lgrnet train: {message}", flush=True)
-
-
-def _maybe_fail(rank: int, step: int) -> None:
-    target = os.environ.get(FAIL_ENV)
-    if target and target == f"{rank}:{step}":
-        raise RuntimeError(f"{FAIL_ENV}: rank {rank} fails at step {step} (test hook)")
 
 
 class NonFiniteLossError(LGRNetError):
@@ -282,7 +278,170 @@ class Trainer:
         return path
 
     # ----------------------------------------------------------------------------------------------------------
-    # Loop
+    # Loop: run -> epochs (_train_epoch) -> micro-batches (_forward_backward) and optimizer steps (_optimizer_step,
+    # then _after_step: log, validate mid-epoch, periodic checkpoint) -> _finish_epoch (validate, save, publish)
+
+    def run(self) -> TrainResult:
+        tc = self.config.train
+        self._loop = _LoopState(saved_step=self.step if self.resume_info is not None else -1)
+        stop = ""
+        try:
+            while self.epoch < tc.epochs and not stop:
+                epoch = self.epoch
+                stop = self._train_epoch()
+                if stop and self._loop.saved_step == self.step:
+                    break  # stopped right after a checkpoint (e.g. at an epoch boundary): nothing new to save
+                self._finish_epoch(epoch, stop)
+        finally:
+            self.logger.close()
+        return TrainResult(self.output_dir, self.epoch, self.step, self.best_acc50, self.last_val, stop,
+                           self._loop.last_path)
+
+    def _train_epoch(self) -> str:
+        """Train the rest of epoch ``self.epoch``; returns why it stopped early ("time_limit", "max_steps") or ""."""
+        loop = self._loop
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.accum)  # type: ignore[attr-defined]
+        self.model.train()
+        progress = self._progress()
+        micro = 0
+        loop.step_start = time.monotonic()
+        try:
+            for batch in self.train_loader:
+                if micro == 0:
+                    # Before each optimizer step: is there time for it plus the final validation and save?
+                    loop.reserve_s = self._reserve_s(loop.eval_s, progress.samples_per_second, loop.save_s) \
+                        + loop.step_s
+                    stop = self._stop_reason(loop.reserve_s)
+                    if stop:
+                        return stop
+                for hook in before_step_hooks:
+                    hook(self.info.rank, self.step + 1)
+                micro += 1
+                self._forward_backward(batch, micro)
+                if micro < self.accum:
+                    continue
+                micro = 0
+                self._optimizer_step()
+                lr = self.optimizer.param_groups[self._main_group]["lr"]
+                progress.update(len(batch) * self.accum * self.info.world_size, loop.step_loss, lr)
+                self._after_step(progress)
+        finally:
+            progress.close()
+        return ""
+
+    def _progress(self) -> Progress:
+        tc = self.config.train
+        if tc.time_limit_minutes > 0:  # bounded by the clock, not by the epoch count: show the budget
+            budget = TimeBudget(tc.time_limit_minutes * 60, lambda: time.monotonic() - self.start_time)
+            return Progress(self.steps_per_epoch, self.epoch, tc.epochs, self.info.is_main,
+                            initial=self.batch_in_epoch, step=self.step, budget=budget)
+        return Progress(self.steps_per_epoch, self.epoch, tc.epochs, self.info.is_main, initial=self.batch_in_epoch)
+
+    def _forward_backward(self, batch: Any, micro: int) -> None:
+        """One micro-batch: forward, loss check, backward (gradients all-reduced only on the step's last one)."""
+        tc = self.config.train
+        loop = self._loop
+        batch = batch.to(self.info.device, non_blocking=True)
+        boundary = micro == self.accum
+        sync = contextlib.nullcontext() if boundary or not self.info.distributed else self.ddp.no_sync()
+        with sync:
+            with autocast(self.info.device, tc.precision):
+                output = self.forward(**batch.model_inputs())
+            loss = output.loss
+            # One small all-reduce per micro-batch: the mean loss for the log, and every rank sees a non-finite
+            # value on any rank, so all stop together instead of hanging in backward.
+            loss_sum = all_reduce_sum(loss.detach().float().reshape(1), self.info)
+            mean_loss = float(loss_sum) / self.info.world_size
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({mean_loss}) at step {self.step + 1} (epoch {self.epoch + 1}, "
+                    f"batch {self.batch_in_epoch * self.accum + micro}); training stopped, last good "
+                    f"checkpoint: {loop.last_path or ckpt.find_latest(self.output_dir) or 'none yet'}")
+            self.scaler.scale(loss / self.accum).backward()
+        loop.window_loss += mean_loss
+        loop.window_n += 1
+        loop.step_loss = mean_loss
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, schedule; times the steps for a wall-clock cosine and the time budget's reserve."""
+        tc = self.config.train
+        loop = self._loop
+        if tc.clip_max_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        # Throughput for the time-budget horizon, timed from this process's 5th step on (start-up excluded).
+        loop.steps_here += 1
+        if loop.steps_here == 5:
+            loop.timing_from = time.monotonic()
+        elif self.time_horizon and loop.steps_here >= 10 and loop.steps_here % 5 == 0:
+            self._update_time_horizon(loop.steps_here - 5, time.monotonic() - loop.timing_from, loop.reserve_s)
+        self.scheduler.step()
+        now = time.monotonic()
+        loop.step_s, loop.step_start = now - loop.step_start, now
+        self.step += 1
+        self.batch_in_epoch += 1
+
+    def _after_step(self, progress: Progress) -> None:
+        """The step's log line, and mid-epoch validation and checkpoints when they are due."""
+        tc = self.config.train
+        loop = self._loop
+        if tc.log_every and self.step % tc.log_every == 0:
+            self.logger.log("train", self.step, {"loss": loop.window_loss / loop.window_n,
+                                                 "samples_per_s": progress.samples_per_second,
+                                                 **group_lrs(self.optimizer)}, epoch=self.epoch + 1)
+            loop.window_loss, loop.window_n = 0.0, 0
+        if self.batch_in_epoch >= self.steps_per_epoch:
+            return  # the epoch's end validates and saves (_finish_epoch)
+        if self.val_loader is not None and tc.eval_every_steps and self.step % tc.eval_every_steps == 0:
+            self._loop.eval_s = self._validate(self.epoch + 1)
+            if self._take_best():
+                self._save_checkpoint(f"step-{self.step:08d}", best=True)
+        if tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0 and loop.saved_step != self.step:
+            self._save_checkpoint(f"step-{self.step:08d}")
+
+    def _finish_epoch(self, epoch: int, stop: str) -> None:
+        """After epoch ``epoch`` ended or the run stopped inside it: validate when due, save ``last`` and publish it
+        as ``best`` (when it improved) and ``epoch-K`` (every ``train.checkpoint_every`` epochs)."""
+        tc = self.config.train
+        end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
+        if end_of_epoch:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        validate = self.val_loader is not None and (
+            bool(stop) or self.epoch >= tc.epochs or (end_of_epoch and self.epoch % tc.eval_every == 0))
+        if validate:
+            self._loop.eval_s = self._validate(epoch + 1, log_epoch=self.epoch)
+        keep_epoch = end_of_epoch and bool(tc.checkpoint_every) and self.epoch % tc.checkpoint_every == 0
+        self._loop.last_path = self._save_checkpoint(
+            "last", best=validate and self._take_best(), also=f"epoch-{self.epoch - 1:04d}" if keep_epoch else None)
+
+    def _take_best(self) -> bool:
+        """Whether the latest validation beats the best so far; if so it becomes the best (saved with the next
+        checkpoint, which is then published as ``best``)."""
+        if self.last_val["acc50"] <= self.best_acc50:
+            return False
+        self.best_acc50 = self.last_val["acc50"]
+        return True
+
+    def _save_checkpoint(self, name: str, best: bool = False, also: str | None = None) -> Path | None:
+        """Save checkpoint ``name`` with the latest validation's metrics and publish it as ``best`` and as ``also``
+        when asked; times the whole for the time budget's reserve. Collective; the path on rank 0."""
+        t0 = time.monotonic()
+        path = self.save(name, self.last_val)
+        self._loop.saved_step = self.step
+        links = (["best"] if best else []) + ([also] if also else [])
+        if links:
+            if self.info.is_main and path is not None:
+                for link in links:
+                    ckpt.link_checkpoint(self.ckpt_root, path, link)
+            barrier(self.info)
+        self._loop.save_s = time.monotonic() - t0
+        return path
+
+
 
     def _stop_reason(self, reserve_s: float) -> str:
         tc = self.config.train
@@ -325,128 +484,23 @@ class Trainer:
                   f"Acc@0.75 {m['acc75']:.2f} mIoU {m['miou']:.2f}", flush=True)
         return time.monotonic() - t0
 
-    def run(self) -> TrainResult:
-        tc = self.config.train
-        device = self.info.device
-        eval_s: float | None = None
-        save_s = 0.0
-        step_s = 0.0
-        stop = ""
-        last_path = None
-        saved_step = self.step if self.resume_info is not None else -1  # step of the newest checkpoint
-        # Throughput for the time-budget horizon, timed from this process's 5th step on (start-up excluded).
-        steps_here, timing_from = 0, 0.0
-        try:
-            while self.epoch < tc.epochs and not stop:
-                epoch = self.epoch
-                self.sampler.set_epoch(epoch, self.batch_in_epoch * self.accum)  # type: ignore[attr-defined]
-                self.model.train()
-                progress = Progress(self.steps_per_epoch, epoch, tc.epochs, self.info.is_main,
-                                    initial=self.batch_in_epoch)
-                window_loss, window_n = 0.0, 0
-                micro = 0
-                step_start = time.monotonic()
-                for batch in self.train_loader:
-                    if micro == 0:
-                        # Before each optimizer step: is there time for it plus the final validation and save?
-                        reserve = self._reserve_s(eval_s, progress.samples_per_second, save_s) + step_s
-                        stop = self._stop_reason(reserve)
-                        if stop:
-                            break
-                    _maybe_fail(self.info.rank, self.step + 1)
-                    batch = batch.to(device, non_blocking=True)
-                    micro += 1
-                    boundary = micro == self.accum
-                    sync = contextlib.nullcontext() if boundary or not self.info.distributed else self.ddp.no_sync()
-                    with sync:
-                        with autocast(device, tc.precision):
-                            output = self.forward(**batch.model_inputs())
-                        loss = output.loss
-                        # One small all-reduce per micro-batch: the mean loss for the log, and every rank sees a
-                        # non-finite value on any rank, so all stop together instead of hanging in backward.
-                        loss_sum = all_reduce_sum(loss.detach().float().reshape(1), self.info)
-                        mean_loss = float(loss_sum) / self.info.world_size
-                        if not math.isfinite(mean_loss):
-                            raise NonFiniteLossError(
-                                f"non-finite loss ({mean_loss}) at step {self.step + 1} (epoch {epoch + 1}, "
-                                f"batch {self.batch_in_epoch * self.accum + micro}); training stopped, last good "
-                                f"checkpoint: {last_path or ckpt.find_latest(self.output_dir) or 'none yet'}")
-                        self.scaler.scale(loss / self.accum).backward()
-                    window_loss += mean_loss
-                    window_n += 1
-                    if not boundary:
-                        continue
-                    micro = 0
-                    if tc.clip_max_norm > 0:
-                        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_max_norm)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    steps_here += 1
-                    if steps_here == 5:
-                        timing_from = time.monotonic()
-                    elif self.time_horizon and steps_here >= 10 and steps_here % 5 == 0:
-                        self._update_time_horizon(steps_here - 5, time.monotonic() - timing_from, reserve)
-                    self.scheduler.step()
-                    step_s = time.monotonic() - step_start
-                    step_start = time.monotonic()
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    lr = self.optimizer.param_groups[self._main_group]["lr"]
-                    progress.update(len(batch) * self.accum * self.info.world_size, mean_loss, lr)
-                    if tc.log_every and self.step % tc.log_every == 0:
-                        self.logger.log("train", self.step, {"loss": window_loss / window_n,
-                                                             "samples_per_s": progress.samples_per_second,
-                                                             **group_lrs(self.optimizer)}, epoch=epoch + 1)
-                        window_loss, window_n = 0.0, 0
-                    mid_epoch = self.batch_in_epoch < self.steps_per_epoch
-                    if self.val_loader is not None and tc.eval_every_steps and mid_epoch \
-                            and self.step % tc.eval_every_steps == 0:
-                        eval_s = self._validate(epoch + 1)
-                        if self.last_val["acc50"] > self.best_acc50:
-                            self.best_acc50 = self.last_val["acc50"]
-                            t0 = time.monotonic()
-                            path = self.save(f"step-{self.step:08d}", self.last_val)
-                            saved_step = self.step
-                            if self.info.is_main and path is not None:
-                                ckpt.link_checkpoint(self.ckpt_root, path, "best")
-                            save_s = time.monotonic() - t0
-                    if tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0 \
-                            and mid_epoch and saved_step != self.step:
-                        t0 = time.monotonic()
-                        self.save(f"step-{self.step:08d}", self.last_val)
-                        saved_step = self.step
-                        save_s = time.monotonic() - t0
-                progress.close()
-                if stop and saved_step == self.step:
-                    break  # stopped right after a checkpoint (e.g. at an epoch boundary): nothing new to save
-                end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
-                if end_of_epoch:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                do_eval = self.val_loader is not None and (
-                    bool(stop) or self.epoch >= tc.epochs or (end_of_epoch and self.epoch % tc.eval_every == 0))
-                if do_eval:
-                    eval_s = self._validate(epoch + 1, log_epoch=self.epoch)
-                t0 = time.monotonic()
-                improved = do_eval and self.last_val["acc50"] > self.best_acc50
-                if improved:
-                    self.best_acc50 = self.last_val["acc50"]
-                last_path = self.save("last", self.last_val)
-                saved_step = self.step
-                if self.info.is_main:
-                    if improved:
-                        ckpt.link_checkpoint(self.ckpt_root, last_path, "best")
-                    if end_of_epoch and tc.checkpoint_every and self.epoch % tc.checkpoint_every == 0:
-                        ckpt.link_checkpoint(self.ckpt_root, last_path, f"epoch-{self.epoch - 1:04d}")
-                    ckpt.prune_step_checkpoints(self.ckpt_root, keep=None)
-                barrier(self.info)
-                save_s = time.monotonic() - t0
-        finally:
-            self.logger.close()
-        return TrainResult(self.output_dir, self.epoch, self.step, self.best_acc50, self.last_val, stop,
-                           last_path)
+
+@dataclass
+class _LoopState:
+    """What the loop carries between steps within one :meth:`Trainer.run`."""
+
+    saved_step: int  # step of the newest checkpoint (-1: none yet)
+    last_path: Path | None = None  # the newest `last` checkpoint written by this run
+    eval_s: float | None = None  # duration of the latest validation (None: not measured yet)
+    save_s: float = 0.0  # duration of the latest checkpoint
+    step_s: float = 0.0  # duration of the latest optimizer step
+    reserve_s: float = 0.0  # time kept back for the final validation and save, as of the latest step
+    step_start: float = 0.0
+    steps_here: int = 0  # optimizer steps done by this process (the time horizon times steps 5 and later)
+    timing_from: float = 0.0
+    window_loss: float = 0.0  # sum of the mean losses since the last log line
+    window_n: int = 0
+    step_loss: float | None = None  # the latest micro-batch's mean loss (shown in the progress bar)
 
 
 def train(config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto",
