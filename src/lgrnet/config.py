@@ -158,8 +158,8 @@ class AugmentConfig:
 
 
 #: The annotation formats the readers take: "transvg" split files, "refer" API files, "vg" region descriptions,
-#: "jsonl" custom data, "synth" SynthRef.
-DataFormat = Literal["transvg", "refer", "vg", "jsonl", "synth"]
+#: "jsonl" custom data, "synth" SynthRef, "hf-parquet" RefCOCO/+/g parquet downloads from the Hugging Face hub.
+DataFormat = Literal["transvg", "refer", "vg", "jsonl", "synth", "hf-parquet"]
 DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormat)
 
 
@@ -173,6 +173,9 @@ class DataConfig:
     # Image folder; relative paths in records are joined to it (jsonl: relative to the JSONL file instead).
     image_root: str = "images"
     refer_split_by: str = "unc"
+    # vg: evaluation split files (TransVG .pth or lgrnet .jsonl) whose COCO images are dropped from Visual Genome
+    # through its image_data.json coco_id, so pre-training never sees an evaluation image ([] keeps every image).
+    exclude_images_of: list[str] = field(default_factory=list)
     # Which expressions count as spatial (never cropped; the spatial/non-spatial metrics and statistics):
     # "substring" = the reference's rule (left/right/top/bottom/middle anywhere, so "leftmost" too),
     # "word" = whole words and their -most/-est forms (lgrnet.data.spatial).

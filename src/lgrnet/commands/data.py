@@ -5,6 +5,9 @@
   lgrnet data stats --format jsonl --root my_data.jsonl
   lgrnet data convert --format refer --root refer/data --dataset refcocog --split-by umd \\
       --image-root coco/train2014 --split train --split val --output refcocog_umd.jsonl
+  lgrnet data stats --format hf-parquet --root RefCOCO --dataset refcoco     # a Hugging Face parquet download
+  lgrnet data stats --format vg --root vg/region_descriptions.json \\
+      --exclude-images-of data/splits/unc/unc_val.pth                        # what the leakage guard drops
 """
 
 from __future__ import annotations
@@ -25,12 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("--format", choices=DATA_FORMATS, default="transvg", help="input format (default: %(default)s)")
         q.add_argument("--root", required=True, type=Path,
                        help="transvg: split root holding <dataset>/; refer: folder with <dataset>/refs(...).p; "
-                            "vg: region_descriptions.json; jsonl/synth: a JSONL file or a folder of <split>.jsonl")
-        q.add_argument("--dataset", help="transvg key (unc, unc+, gref, gref_umd, referit, flickr) or refer dataset")
+                            "vg: region_descriptions.json; jsonl/synth: a JSONL file or a folder of <split>.jsonl; "
+                            "hf-parquet: a Hugging Face parquet download or one .parquet file")
+        q.add_argument("--dataset", help="transvg key (unc, unc+, gref, gref_umd, referit, flickr), refer dataset, or "
+                                         "hf-parquet dataset (refcoco, refcoco+, refcocog or a transvg key)")
         q.add_argument("--split", dest="splits", action="append", default=[], metavar="SPLIT",
                        help="split to read (repeatable; default: every split found)")
         q.add_argument("--split-by", default="unc", help="refer: refs(<split-by>).p (default: %(default)s)")
         q.add_argument("--image-root", type=Path, help="folder the records' image names are joined to")
+        q.add_argument("--exclude-images-of", action="append", default=[], metavar="SPLIT_FILE",
+                       help="vg: drop the VG images that are COCO images of this evaluation split file (TransVG "
+                            ".pth or .jsonl; repeatable; needs image_data.json beside region_descriptions.json)")
 
     stats = sub.add_parser("stats", help="per split: records, images, expression length, spatial share")
     common(stats)
@@ -47,7 +55,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
     """(label, records) for each requested split, read through the library's readers."""
-    from lgrnet.data.readers import read_jsonl, read_refer, read_transvg, read_visual_genome
+    from lgrnet.data.readers import (
+        read_hf_parquet,
+        read_jsonl,
+        read_refer,
+        read_transvg,
+        read_visual_genome,
+        read_visual_genome_excluding,
+    )
+    from lgrnet.data.readers.hf_parquet import hf_splits
     from lgrnet.data.readers.transvg import BOX_FORMAT, SPLITS, split_file
 
     root, fmt = args.root, args.format
@@ -69,7 +85,18 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
             out.append((f"{args.dataset}({args.split_by}) {split}", [r for r in records if r.split == split]))
     elif fmt == "vg":
         path = root / "region_descriptions.json" if root.is_dir() else root
-        out.append(("vg train", read_visual_genome(path, image_root)))
+        if args.exclude_images_of:
+            records, exclusion = read_visual_genome_excluding(path, args.exclude_images_of, image_root)
+            print(f"vg train: {exclusion.summary()}")
+            out.append(("vg train", records))
+        else:
+            out.append(("vg train", read_visual_genome(path, image_root)))
+    elif fmt == "hf-parquet":
+        if not args.dataset:
+            raise LGRNetError("--dataset is required for --format hf-parquet (refcoco, refcoco+ or refcocog)")
+        for split in args.splits or hf_splits(root, args.dataset):
+            out.append((f"{args.dataset} {split}", read_hf_parquet(root, args.dataset, split, image_root,
+                                                                   extract_images=False)))
     else:
         files = [root / f"{s}.jsonl" for s in args.splits] if root.is_dir() and args.splits else (
             sorted(p for p in root.glob("*.jsonl") if not (fmt == "synth" and p.name == "scenes.jsonl"))

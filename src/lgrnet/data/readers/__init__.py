@@ -5,22 +5,28 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from lgrnet.data.readers.hf_parquet import read_hf_parquet
 from lgrnet.data.readers.jsonl import read_jsonl, write_jsonl
 from lgrnet.data.readers.refer import read_refer
 from lgrnet.data.readers.safe_pickle import safe_load
 from lgrnet.data.readers.transvg import read_transvg
-from lgrnet.data.readers.visual_genome import read_visual_genome
+from lgrnet.data.readers.visual_genome import read_visual_genome, read_visual_genome_excluding
 from lgrnet.data.records import Record
 from lgrnet.errors import DataError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "load_records",
+    "read_hf_parquet",
     "read_jsonl",
     "read_refer",
     "read_transvg",
     "read_visual_genome",
+    "read_visual_genome_excluding",
     "safe_load",
     "write_jsonl",
 ]
@@ -31,9 +37,12 @@ def load_records(data, split: str) -> list[Record]:  # data: lgrnet.config.DataC
 
     * ``transvg``: ``<root>/<dataset>/<dataset>_<split>.pth``, images under ``image_root``.
     * ``refer``: ``<root>[/<dataset>]/refs(<refer_split_by>).p`` + ``instances.json``, images under ``image_root``.
-    * ``vg``: ``root`` is ``region_descriptions.json`` or its folder; only a ``train`` split exists.
+    * ``vg``: ``root`` is ``region_descriptions.json`` or its folder; only a ``train`` split exists. The COCO
+      images of the split files in ``exclude_images_of`` are dropped (``image_data.json`` beside it).
     * ``jsonl``: ``root`` is a folder holding ``<split>.jsonl``, or one JSONL file filtered by its ``split`` key.
     * ``synth``: the SynthRef folder ``root`` holding ``<split>.jsonl``.
+    * ``hf-parquet``: a Hugging Face parquet download (lmms-lab, jxu124 layouts) or one parquet file; embedded
+      images are unpacked into ``image_root``.
     """
     fmt, root = data.format, Path(data.root)
     if fmt == "transvg":
@@ -43,7 +52,14 @@ def load_records(data, split: str) -> list[Record]:  # data: lgrnet.config.DataC
     elif fmt == "vg":
         if split != "train":
             raise DataError(f"Visual Genome has only a 'train' split (asked for {split!r})")
-        records = read_visual_genome(root / "region_descriptions.json" if root.is_dir() else root, data.image_root)
+        path = root / "region_descriptions.json" if root.is_dir() else root
+        if data.exclude_images_of:
+            records, exclusion = read_visual_genome_excluding(path, data.exclude_images_of, data.image_root)
+            log.info("Visual Genome: %s", exclusion.summary())
+        else:
+            records = read_visual_genome(path, data.image_root)
+    elif fmt == "hf-parquet":
+        records = read_hf_parquet(root, data.dataset, split, data.image_root)
     elif fmt in ("jsonl", "synth"):
         if root.is_dir():
             path = root / f"{split}.jsonl"
