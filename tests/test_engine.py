@@ -279,11 +279,24 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     config = tiny(tmp_path / "nowhere")
     with pytest.raises(DataError, match="nowhere"):
         train(config, tmp_path / "run", device="cpu")
+    # The failed run leaves no empty run folder, nor the parents it created; a folder that was there stays.
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match="nowhere"):
+        train(config, tmp_path / "new" / "runs" / "run", device="cpu")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(DataError, match="nowhere"):
+        train(config, tmp_path / "mine", device="cpu")
+    with pytest.raises(DataError, match="nowhere"):
+        train(config, tmp_path / "mine" / "run", device="cpu")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     from lgrnet.cli import main
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(config.to_yaml())
     assert main(["train", "--config", str(cfg), "--output-dir", str(tmp_path / "run2"), "--device", "cpu"]) == 2
+    assert not (tmp_path / "run2").exists()
 
 
 def test_eval_command_prints_metrics_and_writes_predictions(smoke_dir, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -506,8 +507,40 @@ class _LoopState:
 def train(config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto",
           start_time: float | None = None) -> TrainResult:
     """Train ``config`` into ``output_dir`` (``resume``: None, "auto" or a checkpoint path). ``start_time``
-    (``time.monotonic()``) is where a wall-clock budget starts; default: now."""
+    (``time.monotonic()``) is where a wall-clock budget starts; default: now.
+
+    A run that fails before its first checkpoint (bad data, a bad config) removes the folders it created for its
+    output: they would hold nothing to resume or use."""
+    output_dir = Path(output_dir)
+    # Rank 0 creates the folder (the others may find it already there); the RANK that torchrun sets says which.
+    created = _first_missing(output_dir) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         return Trainer(config, output_dir, resume, device, start_time).run()
+    except BaseException:
+        if created is not None and ckpt.find_latest(output_dir) is None:
+            _remove_created(created, output_dir)
+        raise
     finally:
         cleanup_distributed()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself or one of its parents), or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_created(top: Path, output_dir: Path) -> None:
+    """Delete ``output_dir`` and its empty parents up to ``top``, the outermost folder this run created."""
+    shutil.rmtree(output_dir, ignore_errors=True)
+    for folder in output_dir.parents:
+        if not folder.is_relative_to(top):
+            break
+        try:
+            folder.rmdir()  # only when empty: nothing but this run wrote there
+        except OSError:
+            break
