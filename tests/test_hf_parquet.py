@@ -269,3 +269,20 @@ def test_standard_counts_are_those_of_the_transvg_split_files(key, split):
     assert (count.expressions, count.refs, count.images) == (
         len(rows), len({row[1] for row in rows}), len({row[0] for row in rows}))
 
+
+
+@pytest.mark.slow  # builds a tiny model folder (seconds to half a minute on a busy CPU)
+def test_eval_reads_a_parquet_download_with_embedded_images(tmp_path, checkpoint, capsys):
+    root = tmp_path / "RefCOCO"
+    write(root / "data" / "testA-00000-of-00001.parquet", [
+        lmms_row("q0", ["man on left", "left guy"], [10.0, 5.0, 12.0, 20.0], "COCO_train2014_000000000001.jpg",
+                 jpeg((200, 10, 10))),
+        lmms_row("q1", ["woman"], [2.0, 2.0, 8.0, 8.0], "COCO_train2014_000000000002.jpg", jpeg((10, 200, 10))),
+    ], LMMS_SCHEMA)
+    spec = f"hf-parquet:{root},dataset=refcoco,image_root={tmp_path / 'coco'},num_workers=0"
+    with pytest.warns(SplitCountWarning, match="lmms-lab: unc testA"):
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data", spec, "--split", "testA",
+                     "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "coco").iterdir()) == [
+        "COCO_train2014_000000000001.jpg", "COCO_train2014_000000000002.jpg"]
+    assert "testA" in capsys.readouterr().out
