@@ -21,13 +21,8 @@ from PIL import Image  # noqa: E402
 from lgrnet.cli import main  # noqa: E402
 from lgrnet.config import DATA_FORMATS, DataConfig  # noqa: E402
 from lgrnet.data.readers import load_records  # noqa: E402
-from lgrnet.data.readers.hf_parquet import (  # noqa: E402
-    STANDARD_COUNTS,
-    SplitCountWarning,
-    detect_layout,
-    hf_splits,
-    read_hf_parquet,
-)
+from lgrnet.data.readers.hf_parquet import SplitCountWarning, detect_layout, hf_splits, read_hf_parquet  # noqa: E402
+from lgrnet.data.readers.standard import STANDARD_COUNTS  # noqa: E402
 from lgrnet.errors import DataError  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -231,7 +226,7 @@ def test_normalised_boxes_and_unknown_layouts_are_refused(tmp_path):
     write(tmp_path / "o" / "val.parquet", [{"text": "a"}], pa.schema([("text", pa.string())]))
     with pytest.raises(DataError, match="not a RefCOCO parquet layout"):
         read_hf_parquet(tmp_path / "o", "refcoco", "val")
-    with pytest.raises(DataError, match="unknown dataset 'flickr'"):
+    with pytest.raises(DataError, match="unknown RefCOCO dataset 'flickr'"):
         read_hf_parquet(tmp_path / "n", "flickr", "val")
 
 
@@ -257,18 +252,6 @@ def test_load_records_and_data_stats_read_the_format(tmp_path, capsys):
                      "--dataset", "refcocog"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| refcocog test"))
     assert [c.strip() for c in row.strip("|").split("|")][1:3] == ["2", "1"]
-
-
-@pytest.mark.parametrize("key,split", [k for k, v in STANDARD_COUNTS.items() if "split files" in v.source])
-def test_standard_counts_are_those_of_the_transvg_split_files(key, split):
-    """expressions = rows, objects = distinct COCO annotation files, images = distinct image names."""
-    from lgrnet.data.readers.safe_pickle import safe_load
-
-    rows = safe_load(SHARED / "transvg_splits" / key / f"{key}_{split}.pth")
-    count = STANDARD_COUNTS[(key, split)]
-    assert (count.expressions, count.refs, count.images) == (
-        len(rows), len({row[1] for row in rows}), len({row[0] for row in rows}))
-
 
 
 @pytest.mark.slow  # builds a tiny model folder (seconds to half a minute on a busy CPU)

@@ -36,7 +36,7 @@ Expressions are the refer API's ``sent`` where a layout carries it (the text the
 the layout's list of strings. Embedded images are written once to ``data.image_root`` under their COCO file name
 (a file already there is used as it is), so training and evaluation read them like any other image.
 
-Every split read is checked against the standard counts (``STANDARD_COUNTS``): a difference is a
+Every split read is checked against the standard counts (:mod:`lgrnet.data.readers.standard`): a difference is a
 :class:`SplitCountWarning` that names the layout, the split and what differs, since a number measured on it is
 not comparable with published results.
 """
@@ -47,59 +47,16 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lgrnet.data.readers.standard import count_mismatch, refcoco_key
 from lgrnet.data.records import Record
 from lgrnet.errors import DataError
 
 LAYOUTS = ("lmms-lab", "jxu124", "jxu124-benchmark")
 INSTALL_HINT = "pip install 'lgrnet[hf]' (or pip install pyarrow)"
 
-
-@dataclass(frozen=True)
-class StandardCount:
-    """Size of a standard split: referring expressions (records), referred objects (refs) and images."""
-
-    expressions: int
-    refs: int
-    images: int
-    source: str
-
-
-_SPLIT_FILES = "TransVG split files (transvg_splits/<ds>/<ds>_<split>.pth: rows, distinct annotation ids, images)"
-_PUBLISHED = "published split sizes (refer API / TransVG paper Table 1; TFDS ref_coco catalogue for refs, images)"
-
-#: (TransVG dataset key, standard split) -> its size. The val/test counts were counted from the TransVG split
-#: files; train and RefCOCOg-umd test are too large to keep beside the tests and come from the published tables.
-STANDARD_COUNTS: dict[tuple[str, str], StandardCount] = {
-    ("unc", "val"): StandardCount(10_834, 3_811, 1_500, _SPLIT_FILES),
-    ("unc", "testA"): StandardCount(5_657, 1_975, 750, _SPLIT_FILES),
-    ("unc", "testB"): StandardCount(5_095, 1_810, 750, _SPLIT_FILES),
-    ("unc+", "val"): StandardCount(10_758, 3_805, 1_500, _SPLIT_FILES),
-    ("unc+", "testA"): StandardCount(5_726, 1_975, 750, _SPLIT_FILES),
-    ("unc+", "testB"): StandardCount(4_889, 1_798, 750, _SPLIT_FILES),
-    ("gref_umd", "val"): StandardCount(4_896, 2_573, 1_300, _SPLIT_FILES),
-    ("gref_umd", "test"): StandardCount(9_602, 5_023, 2_600, _PUBLISHED),
-    ("unc", "train"): StandardCount(120_624, 42_404, 16_994, _PUBLISHED),
-    ("unc+", "train"): StandardCount(120_191, 42_278, 16_992, _PUBLISHED),
-    ("gref_umd", "train"): StandardCount(80_512, 42_226, 21_899, _PUBLISHED),
-}
-
-#: dataset names accepted in data.dataset -> TransVG key (refcocog alone is the UMD partition the paper uses).
-_DATASET_KEYS = {
-    "unc": "unc", "refcoco": "unc", "unc+": "unc+", "refcoco+": "unc+", "refcocoplus": "unc+",
-    "gref_umd": "gref_umd", "refcocog": "gref_umd", "refcocog_umd": "gref_umd", "gref": "gref",
-    "refcocog_google": "gref",
-}
-#: standard splits of each dataset (the paper's partitions).
-STANDARD_SPLITS = {
-    "unc": ("train", "val", "testA", "testB"),
-    "unc+": ("train", "val", "testA", "testB"),
-    "gref_umd": ("train", "val", "test"),
-    "gref": ("train", "val"),
-}
 #: layout -> dataset key -> standard split -> the layout's split name.
 _SPLIT_NAMES: dict[str, dict[str, dict[str, str]]] = {
     "lmms-lab": {
@@ -131,14 +88,6 @@ def _pyarrow_parquet():
     except ImportError:
         raise DataError(f"data.format hf-parquet needs pyarrow: {INSTALL_HINT}") from None
     return pq
-
-
-def dataset_key(dataset: str) -> str:
-    """The TransVG key (unc, unc+, gref_umd, gref) of a dataset name as ``data.dataset`` may spell it."""
-    key = _DATASET_KEYS.get(dataset.lower())
-    if key is None:
-        raise DataError(f"hf-parquet: unknown dataset {dataset!r}; expected one of {', '.join(_DATASET_KEYS)}")
-    return key
 
 
 def detect_layout(path: str | Path) -> str:
@@ -186,7 +135,7 @@ def _layout_of(files: list[Path]) -> str:
 def hf_splits(root: str | Path, dataset: str) -> list[str]:
     """The standard splits of ``dataset`` that the parquet files under ``root`` hold."""
     files = _parquet_files(Path(root))
-    key = dataset_key(dataset)
+    key = refcoco_key(dataset)
     names = _SPLIT_NAMES[_layout_of(files)].get(key, {})
     present = {_split_of_file(f) for f in files}
     return [split for split, name in names.items() if name in present]
@@ -203,7 +152,7 @@ def read_hf_parquet(
     to it; without ``image_root`` records carry the bare image file names.
     """
     root = Path(root)
-    key = dataset_key(dataset)
+    key = refcoco_key(dataset)
     files = _parquet_files(root)
     layout = _layout_of(files)
     if not root.is_file():
@@ -218,7 +167,7 @@ def read_hf_parquet(
         records.extend(file_records)
         refs += file_refs
         images += file_images
-    message = count_mismatch(layout, key, split, len(records), refs, images)
+    message = count_mismatch(f"hf-parquet {layout}", key, split, len(records), refs, images)
     if message:
         warnings.warn(message, SplitCountWarning, stacklevel=2)
     return records
@@ -357,22 +306,3 @@ def _extract(path: Path, wanted: dict[int, str], image_root: Path) -> None:
             tmp = image_root / f".{name}.{os.getpid()}.part"
             tmp.write_bytes(data)
             os.replace(tmp, image_root / name)
-
-
-def count_mismatch(layout: str, key: str, split: str, expressions: int, refs: int, images: int) -> str | None:
-    """A one-line description of how a split read from ``layout`` differs from the standard one, or None."""
-    standard = STANDARD_COUNTS.get((key, split))
-    if standard is None:
-        if split not in STANDARD_SPLITS.get(key, ()):
-            return (f"hf-parquet {layout}: {key} split {split!r} is not a standard split of {key} "
-                    f"({', '.join(STANDARD_SPLITS.get(key, ()))}); its numbers are not comparable with published ones")
-        return None
-    diffs = []
-    for what, got, want in (("expressions", expressions, standard.expressions), ("objects", refs, standard.refs),
-                            ("images", images, standard.images)):
-        if got != want:
-            diffs.append(f"{got:,} {what} where the standard has {want:,} ({got - want:+,})")
-    if not diffs:
-        return None
-    return (f"hf-parquet {layout}: {key} {split} has {'; '.join(diffs)}; numbers measured on it are not "
-            f"comparable with the standard {split} split")
