@@ -353,3 +353,22 @@ def test_data_images_without_jpegs_is_a_one_line_error(tmp_path, capsys):
                  "--data-images", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"lgrnet benchmark: error: --data-images {tmp_path}")
+
+
+def test_data_pipeline_rate_decodes_the_given_jpegs(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from lgrnet.benchmark import data_rate
+
+    for name, size in (("a.jpg", (96, 64)), ("b.jpg", (64, 96))):
+        Image.new("RGB", size, "green").save(tmp_path / name)
+    decoded, load_image = [], data_rate.load_image
+
+    def recording_load(path, *args, **kwargs):
+        decoded.append(Path(path).name)
+        return load_image(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_rate, "load_image", recording_load)
+    rates = bench.data_pipeline_rate(image_size=64, samples=2, batch_size=2, images=tmp_path)
+    assert rates["train_samples_per_s"] > 0 and rates["decode_ms"] > 0
+    assert sorted(set(decoded)) == ["a.jpg", "b.jpg"]
