@@ -145,7 +145,9 @@ def test_lmms_lab_val_with_5000_extra_rows_warns_and_the_standard_size_does_not(
     three = standard.expressions - 2 * standard.refs
     rows = [lmms_row(f"q{i}", ["a"] * (3 if i < three else 2), [1.0, 2.0, 3.0, 4.0],
                      f"COCO_train2014_{i % standard.images:012d}.jpg") for i in range(standard.refs)]
-    write(tmp_path / "std" / "val.parquet", rows, LMMS_SCHEMA)
+    # two shards sharing images: an image counts once
+    write(tmp_path / "std" / "val-00000-of-00002.parquet", rows[:2000], LMMS_SCHEMA)
+    write(tmp_path / "std" / "val-00001-of-00002.parquet", rows[2000:], LMMS_SCHEMA)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SplitCountWarning)
         assert len(read_hf_parquet(tmp_path / "std", "unc", "val")) == 10_834

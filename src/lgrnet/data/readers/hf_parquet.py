@@ -158,16 +158,17 @@ def read_hf_parquet(
     if not root.is_file():
         files = _files_for_split(root, files, layout, key, split)
     records: list[Record] = []
-    refs = images = 0
+    refs = 0
+    images: set[str] = set()  # an image's objects may lie in several shards
     for path in files:
         rows = _read_rows(path, layout)
-        file_records, file_refs, file_images = _records(rows, layout, path, split)
+        file_records, file_refs = _records(rows, layout, path, split)
+        images.update(r.image for r in file_records)
         if image_root is not None:
             file_records = _resolve_images(file_records, path, layout, Path(image_root), extract_images)
         records.extend(file_records)
         refs += file_refs
-        images += file_images
-    message = count_mismatch(f"hf-parquet {layout}", key, split, len(records), refs, images)
+    message = count_mismatch(f"hf-parquet {layout}", key, split, len(records), refs, len(images))
     if message:
         warnings.warn(message, SplitCountWarning, stacklevel=2)
     return records
@@ -204,18 +205,21 @@ _ANNOTATION_COLUMNS = {
 def _read_rows(path: Path, layout: str) -> list[dict[str, Any]]:
     """The annotation columns of every row (image bytes are left on disk until they are needed)."""
     pq = _pyarrow_parquet()
+    wanted = _ANNOTATION_COLUMNS[layout]
     try:
-        table = pq.read_table(path, columns=_ANNOTATION_COLUMNS[layout])
+        if wanted is not None:
+            present = set(pq.ParquetFile(path).schema_arrow.names)
+            wanted = [c for c in wanted if c in present]
+        table = pq.read_table(path, columns=wanted)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid/ArrowIOError derive from these
         raise DataError(f"{path}: unreadable parquet file ({type(exc).__name__}: {exc})") from None
     return table.to_pylist()
 
 
-def _records(rows: list[dict[str, Any]], layout: str, path: Path, split: str) -> tuple[list[Record], int, int]:
-    """(records, refs, images) of one file's rows; records carry bare image file names."""
+def _records(rows: list[dict[str, Any]], layout: str, path: Path, split: str) -> tuple[list[Record], int]:
+    """(records, referred objects) of one file's rows; records carry bare image file names."""
     records: list[Record] = []
     refs = 0
-    image_names: set[str] = set()
     for index, row in enumerate(rows):
         try:
             if layout == "jxu124-benchmark":
@@ -229,7 +233,7 @@ def _records(rows: list[dict[str, Any]], layout: str, path: Path, split: str) ->
             elif layout == "lmms-lab":
                 image = str(row["file_name"])
                 texts = [(None, text) for text in row["answer"]]
-                records.extend(_make(texts, _xywh(row["bbox"]), image, layout, split, str(row["question_id"]),
+                records.extend(_make(texts, _xywh(row["bbox"]), image, layout, split, str(row.get("question_id", index)),
                                      path, index))
                 refs += 1
             else:  # jxu124
@@ -244,10 +248,9 @@ def _records(rows: list[dict[str, Any]], layout: str, path: Path, split: str) ->
                 refs += 1
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"{path}: row {index} is not a valid {layout} row ({type(exc).__name__}: {exc})") from None
-        image_names.add(image)
     if records and max(max(r.box) for r in records) <= 1.0:
         raise DataError(f"{path}: every box lies within [0, 1]: normalised boxes, expected pixels ({layout})")
-    return records, refs, len(image_names)
+    return records, refs
 
 
 def _xywh(box: Any) -> tuple[float, float, float, float]:
