@@ -7,6 +7,7 @@ their dataset cards); boxes are checked against conversions written out by hand.
 from __future__ import annotations
 
 import io
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -254,6 +255,23 @@ def test_load_records_and_data_stats_read_the_format(tmp_path, capsys):
                      "--dataset", "refcocog"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| refcocog test"))
     assert [c.strip() for c in row.strip("|").split("|")][1:3] == ["2", "1"]
+
+
+
+def test_data_convert_unpacks_embedded_images_next_to_the_jsonl(tmp_path):
+    from lgrnet.data.readers import read_jsonl
+
+    image = jpeg((5, 6, 7))
+    write(tmp_path / "hub" / "data" / "testB-00000-of-00001.parquet",
+          [lmms_row("q", ["bowl"], [1.0, 2.0, 3.0, 4.0], "COCO_train2014_000000000005.jpg", image)], LMMS_SCHEMA)
+    out = tmp_path / "out" / "refcoco_testB.jsonl"
+    with pytest.warns(SplitCountWarning):
+        assert main(["data", "convert", "--format", "hf-parquet", "--root", str(tmp_path / "hub"), "--dataset",
+                     "refcoco", "--image-root", str(tmp_path / "out" / "images"), "-o", str(out)]) == 0
+    (record,) = read_jsonl(out)
+    assert (record.expression, record.box, record.split) == ("bowl", (1.0, 2.0, 4.0, 6.0), "testB")
+    assert Path(record.image).read_bytes() == image
+    assert json.loads(out.read_text())["image"] == "images/COCO_train2014_000000000005.jpg"
 
 
 @pytest.mark.slow  # builds a tiny model folder (seconds to half a minute on a busy CPU)

@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
-    """(label, records) for each requested split, read through the library's readers."""
+def _sources(args: argparse.Namespace, extract_images: bool = False) -> list[tuple[str, list]]:
+    """(label, records) for each requested split, read through the library's readers (``extract_images``:
+    hf-parquet's embedded images are written to --image-root)."""
     from lgrnet.data.readers import (
         read_hf_parquet,
         read_jsonl,
@@ -96,7 +97,7 @@ def _sources(args: argparse.Namespace) -> list[tuple[str, list]]:
             raise LGRNetError("--dataset is required for --format hf-parquet (refcoco, refcoco+ or refcocog)")
         for split in args.splits or hf_splits(root, args.dataset):
             out.append((f"{args.dataset} {split}", read_hf_parquet(root, args.dataset, split, image_root,
-                                                                   extract_images=False)))
+                                                                   extract_images=extract_images)))
     else:
         files = [root / f"{s}.jsonl" for s in args.splits] if root.is_dir() and args.splits else (
             sorted(p for p in root.glob("*.jsonl") if not (fmt == "synth" and p.name == "scenes.jsonl"))
@@ -126,7 +127,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from lgrnet.output_paths import check_output_file
 
     check_output_file(args.output, "--output")
-    records = [r for _, recs in _sources(args) for r in recs]
+    records = [r for _, recs in _sources(args, extract_images=True) for r in recs]
     if not records:
         raise LGRNetError(f"--root {args.root}: no records to convert")
     count = write_jsonl(records, args.output)
