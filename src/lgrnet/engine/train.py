@@ -9,11 +9,10 @@ Departures from the reference's ``train.py``/``engine.py`` (spec section 15): th
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from lgrnet.engine.distributed import (
     set_deterministic,
 )
 from lgrnet.engine.evaluate import autocast, evaluate
-from lgrnet.engine.logging import MetricsLogger, Progress, TimeBudget
+from lgrnet.engine.logging import LossPosition, LossWindow, MetricsLogger, Progress, TimeBudget
 from lgrnet.engine.optim import (
     build_optimizer,
     build_scheduler,
@@ -56,8 +55,37 @@ def _say(message: str) -> None:
     print(f"lgrnet train: {message}", flush=True)
 
 
+@contextlib.contextmanager
+def _no_host_mask_checks() -> Iterator[None]:
+    """Training forwards without transformers' "is every token real?" test before SDPA.
+
+    The test (``padding_mask.all()`` read as a Python bool) makes the host wait for the device in every text encoder
+    forward. Without it the attention mask is always passed to SDPA, as it is anyway for any batch with a padded
+    expression (expressions are padded to ``max_length``): the same attention.
+    """
+    try:
+        import transformers.masking_utils as masking
+    except ImportError:
+        yield
+        return
+    names = [n for n in ("_ignore_bidirectional_mask_sdpa", "_ignore_causal_mask_sdpa") if hasattr(masking, n)]
+    saved = {name: getattr(masking, name) for name in names}
+    for name in names:
+        setattr(masking, name, _never_skip_mask)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(masking, name, function)
+
+
+def _never_skip_mask(*args: Any, **kwargs: Any) -> bool:
+    return False
+
+
 class NonFiniteLossError(LGRNetError):
-    """The loss became NaN/inf; training stopped before the update, the last checkpoint is untouched."""
+    """The loss became NaN/inf. It is read at the logging interval and before every validation and checkpoint, so
+    training stops before anything computed from it is saved; the last checkpoint is untouched."""
 
 
 @dataclass
@@ -190,6 +218,11 @@ class Trainer:
 
         self.ddp: nn.Module = self.model
         if self.info.distributed:
+            from lgrnet.model.visual import synchronise_batchnorm
+
+            # BatchNorm that trains normalises with the global batch's statistics, as one process would (frozen BN,
+            # model.visual.frozen_bn, stays as it is). Same parameter objects: the optimizer above keeps them.
+            synchronise_batchnorm(self.model)
             device_ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         self.forward = torch.compile(self.ddp) if tc.compile else self.ddp
@@ -290,6 +323,7 @@ class Trainer:
             while self.epoch < tc.epochs and not stop:
                 epoch = self.epoch
                 stop = self._train_epoch()
+                self._check_losses()  # before this epoch's validation and checkpoint
                 if stop and self._loop.saved_step == self.step:
                     break  # stopped right after a checkpoint (e.g. at an epoch boundary): nothing new to save
                 self._finish_epoch(epoch, stop)
@@ -304,6 +338,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.accum)  # type: ignore[attr-defined]
         self.model.train()
         progress = self._progress()
+        loop.losses = LossWindow()
         micro = 0
         loop.step_start = time.monotonic()
         try:
@@ -323,9 +358,7 @@ class Trainer:
                     continue
                 micro = 0
                 self._optimizer_step()
-                lr = self.optimizer.param_groups[self._main_group]["lr"]
-                progress.update(len(batch) * self.accum * self.info.world_size, loop.step_loss, lr)
-                self._after_step(progress)
+                self._after_step(progress, len(batch) * self.accum * self.info.world_size)
         finally:
             progress.close()
         return ""
@@ -339,29 +372,21 @@ class Trainer:
         return Progress(self.steps_per_epoch, self.epoch, tc.epochs, self.info.is_main, initial=self.batch_in_epoch)
 
     def _forward_backward(self, batch: Any, micro: int) -> None:
-        """One micro-batch: forward, loss check, backward (gradients all-reduced only on the step's last one)."""
+        """One micro-batch: forward, backward (gradients all-reduced only on the step's last one). The loss is
+        queued on the device, not read: the step never waits for the device (see :meth:`_check_losses`)."""
         tc = self.config.train
-        loop = self._loop
         batch = batch.to(self.info.device, non_blocking=True)
         boundary = micro == self.accum
         sync = contextlib.nullcontext() if boundary or not self.info.distributed else self.ddp.no_sync()
         with sync:
-            with autocast(self.info.device, tc.precision):
+            with autocast(self.info.device, tc.precision), _no_host_mask_checks():
                 output = self.forward(**batch.model_inputs())
             loss = output.loss
-            # One small all-reduce per micro-batch: the mean loss for the log, and every rank sees a non-finite
-            # value on any rank, so all stop together instead of hanging in backward.
-            loss_sum = all_reduce_sum(loss.detach().float().reshape(1), self.info)
-            mean_loss = float(loss_sum) / self.info.world_size
-            if not math.isfinite(mean_loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({mean_loss}) at step {self.step + 1} (epoch {self.epoch + 1}, "
-                    f"batch {self.batch_in_epoch * self.accum + micro}); training stopped, last good "
-                    f"checkpoint: {loop.last_path or ckpt.find_latest(self.output_dir) or 'none yet'}")
+            # A NaN on one rank reaches all through DDP's gradient all-reduce: nobody hangs in backward, and the
+            # next check stops every rank.
+            self._loop.losses.add(loss, LossPosition(self.step + 1, self.epoch + 1,
+                                                     self.batch_in_epoch * self.accum + micro))
             self.scaler.scale(loss / self.accum).backward()
-        loop.window_loss += mean_loss
-        loop.window_n += 1
-        loop.step_loss = mean_loss
 
     def _optimizer_step(self) -> None:
         """Clip, step, schedule; times the steps for a wall-clock cosine and the time budget's reserve."""
@@ -385,23 +410,42 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += 1
 
-    def _after_step(self, progress: Progress) -> None:
-        """The step's log line, and mid-epoch validation and checkpoints when they are due."""
+    def _after_step(self, progress: Progress, samples: int) -> None:
+        """After an optimizer step of ``samples`` samples: the progress bar, the log line, and mid-epoch validation
+        and checkpoints when they are due. The losses are read only when one of these is (:meth:`_check_losses`)."""
         tc = self.config.train
         loop = self._loop
-        if tc.log_every and self.step % tc.log_every == 0:
-            self.logger.log("train", self.step, {"loss": loop.window_loss / loop.window_n,
-                                                 "samples_per_s": progress.samples_per_second,
+        mid_epoch = self.batch_in_epoch < self.steps_per_epoch  # else the epoch's end validates and saves
+        log_now = bool(tc.log_every) and self.step % tc.log_every == 0
+        validate_now = mid_epoch and self.val_loader is not None and bool(tc.eval_every_steps) \
+            and self.step % tc.eval_every_steps == 0
+        save_now = mid_epoch and bool(tc.checkpoint_every_steps) and self.step % tc.checkpoint_every_steps == 0
+        if log_now or validate_now or save_now:
+            self._check_losses()
+        mean_loss = loop.losses.take_mean() if log_now else None
+        progress.update(samples, mean_loss, self.optimizer.param_groups[self._main_group]["lr"])
+        if log_now:
+            self.logger.log("train", self.step, {"loss": mean_loss, "samples_per_s": progress.samples_per_second,
                                                  **group_lrs(self.optimizer)}, epoch=self.epoch + 1)
-            loop.window_loss, loop.window_n = 0.0, 0
-        if self.batch_in_epoch >= self.steps_per_epoch:
-            return  # the epoch's end validates and saves (_finish_epoch)
-        if self.val_loader is not None and tc.eval_every_steps and self.step % tc.eval_every_steps == 0:
-            self._loop.eval_s = self._validate(self.epoch + 1)
+        if validate_now:
+            loop.eval_s = self._validate(self.epoch + 1)
             if self._take_best():
                 self._save_checkpoint(f"step-{self.step:08d}", best=True)
-        if tc.checkpoint_every_steps and self.step % tc.checkpoint_every_steps == 0 and loop.saved_step != self.step:
+        if save_now and loop.saved_step != self.step:
             self._save_checkpoint(f"step-{self.step:08d}")
+
+    def _check_losses(self) -> None:
+        """Read the losses queued since the last check (one all-reduce, one host read) and stop on a non-finite one.
+        Called at the logging interval and before every validation and checkpoint, never elsewhere, so that a step
+        does not wait for the device and nothing computed after a bad loss is saved. Every rank reads the same
+        sums, so all stop together."""
+        bad = self._loop.losses.check(lambda losses: all_reduce_sum(losses, self.info), self.info.world_size)
+        if bad is not None:
+            value, where = bad
+            raise NonFiniteLossError(
+                f"non-finite loss ({value}) at step {where.step} (epoch {where.epoch}, batch {where.batch}), read at "
+                f"step {self.step}; training stopped before saving anything after it, last good checkpoint: "
+                f"{self._loop.last_path or ckpt.find_latest(self.output_dir) or 'none yet'}")
 
     def _finish_epoch(self, epoch: int, stop: str) -> None:
         """After epoch ``epoch`` ended or the run stopped inside it: validate when due, save ``last`` and publish it
@@ -499,9 +543,7 @@ class _LoopState:
     step_start: float = 0.0
     steps_here: int = 0  # optimizer steps done by this process (the time horizon times steps 5 and later)
     timing_from: float = 0.0
-    window_loss: float = 0.0  # sum of the mean losses since the last log line
-    window_n: int = 0
-    step_loss: float | None = None  # the latest micro-batch's mean loss (shown in the progress bar)
+    losses: LossWindow = field(default_factory=LossWindow)  # this epoch's losses on the device (_check_losses)
 
 
 def train(config: Config, output_dir: str | Path, resume: str | None = None, device: str = "auto",
