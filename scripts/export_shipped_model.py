@@ -36,9 +36,9 @@ import torch
 from safetensors.torch import save_file
 
 from lgrnet.config import apply_overrides
+from lgrnet.engine.evaluate import RECORD_FILE, read_metrics, sample_accuracy
 from lgrnet.model.io import CONFIG_FILE, TEXT_PREFIX, WEIGHTS_FILE, load_model
 from lgrnet.model.registry import resolve_model
-from lgrnet.quickstart import RECORD_FILE, read_metrics, sample_accuracy
 
 #: The data folder the shipped config names: where `lgrnet synth --out data/synthref --num-train 0` writes SynthRef's
 #: val/testA/testB (seed 0, 1000 expressions each: the sets the shipped model is measured on).

@@ -13,23 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import torch
-from torchvision.ops import box_convert, box_iou
 
-from lgrnet.data.dataset import build_dataloader
-from lgrnet.data.readers import load_records
+from lgrnet.data.dataset import build_eval_loader
+from lgrnet.engine.evaluate import evaluate_split, split_records
 from lgrnet.model.io import load_model
 from lgrnet.model.text import build_tokenizer
 
 
 def grounding_check(checkpoint: str, split: str = "val", num: int = 64) -> dict[str, float]:
     model, config = load_model(checkpoint)
-    records = load_records(config.data, split)[:num]
+    records = split_records(config.data, split)[0][:num]
     config.train.batch_size = len(records)
     config.data.num_workers = 0
-    batch = next(iter(build_dataloader(records, config, build_tokenizer(config.model.text), train=False)))
+    batch = next(iter(build_eval_loader(records, config, build_tokenizer(config.model.text))))
     inputs = batch.model_inputs()
     target = inputs.pop("target_boxes")
     rotate = torch.roll(torch.arange(len(records)), 1)
@@ -41,7 +39,7 @@ def grounding_check(checkpoint: str, split: str = "val", num: int = 64) -> dict[
                             inputs["attention_mask"][rotate]).pred_boxes
     attention = out.visual_attention[-1].float()
     real_tokens = (attention > 0).sum(dim=1).float()
-    iou = box_iou(box_convert(out.pred_boxes, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy")).diag()
+    metrics = evaluate_split(model, config, split, limit=num).metrics  # on the canvas, as lgrnet eval's
     return {
         "samples": len(records),
         "box_change_images_rotated": float((images_moved - out.pred_boxes).abs().mean()),
@@ -50,8 +48,8 @@ def grounding_check(checkpoint: str, split: str = "val", num: int = 64) -> dict[
         "uniform_entropy": float(real_tokens.log().mean()),
         "pred_centre_std": float(out.pred_boxes[:, :2].std(dim=0).mean()),
         "target_centre_std": float(target[:, :2].std(dim=0).mean()),
-        "acc50": float((iou >= 0.5).float().mean() * 100),
-        "miou": float(iou.mean() * 100) if not math.isnan(float(iou.mean())) else 0.0,
+        "acc50": metrics["acc50"],
+        "miou": metrics["miou"],
     }
 
 

@@ -7,14 +7,15 @@ import json
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from lgrnet.config import load_config
 from lgrnet.data.batch import Batch
-from lgrnet.data.dataset import EvalDistributedSampler, RECDataset, build_dataloader, collate, tokenize
+from lgrnet.data.dataset import EvalDistributedSampler, RECDataset, build_eval_loader, collate, tokenize
 from lgrnet.data.readers import read_jsonl
 from lgrnet.data.records import Record
 from lgrnet.data.transforms import EvalTransform, canvas_to_original
+from lgrnet.engine.data import ResumableSampler, build_train_loader
 from lgrnet.errors import DataError
 
 
@@ -92,42 +93,43 @@ def test_eval_sampler_each_sample_exactly_once(world, length):
     assert sorted(seen) == list(range(length))
 
 
-def test_build_dataloader_train_and_eval(records, tokenizer):
+def test_train_and_eval_loaders(records, tokenizer):
     config = load_config("lgrnet-tiny", overrides=["data.num_workers=0", "train.batch_size=2"])
-    train = build_dataloader(records, config, tokenizer, train=True, distributed=False)
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    train = build_train_loader(records, config, tokenizer, world_size=1, rank=0)
+    assert isinstance(train.sampler, ResumableSampler) and train.drop_last
     batches = list(train)
     size = config.model.image_size
     assert len(batches) == 2 and all(b.images.shape == (2, 3, size, size) for b in batches)
     assert all(b.input_ids.shape == (2, config.model.text.max_length) for b in batches)
-    evaluation = build_dataloader(records, config, tokenizer, train=False, batch_size=4, distributed=False)
+    evaluation = build_eval_loader(records, config, tokenizer, batch_size=4, distributed=False)
     assert isinstance(evaluation.sampler, SequentialSampler)
     assert [len(b) for b in evaluation] == [4, 1]
 
 
-def test_build_dataloader_distributed_samplers(records, tokenizer, monkeypatch):
+def test_loaders_distributed_samplers(records, tokenizer, monkeypatch):
     import torch.distributed as dist
 
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     config = load_config("lgrnet-tiny", overrides=["data.num_workers=0", "train.batch_size=2"])
-    train = build_dataloader(records, config, tokenizer, train=True)
-    assert isinstance(train.sampler, DistributedSampler) and train.sampler.rank == 1
+    train = build_train_loader(records, config, tokenizer, world_size=2, rank=1)
+    assert isinstance(train.sampler, ResumableSampler) and train.sampler.rank == 1
     orders = []
     for epoch in range(6):
         train.sampler.set_epoch(epoch)
-        orders.append(list(train.sampler))
-    assert all(len(order) == 3 for order in orders)
+        orders.append([index for _, index in train.sampler])
+    # 5 samples, global batch 2 x 2 ranks: one full global batch of 4 per epoch, this rank's half of it.
+    assert all(len(order) == 2 for order in orders)
     assert len({tuple(order) for order in orders}) > 1  # the engine's set_epoch reshuffles
-    evaluation = build_dataloader(records, config, tokenizer, train=False, batch_size=8)
+    evaluation = build_eval_loader(records, config, tokenizer, batch_size=8)
     assert isinstance(evaluation.sampler, EvalDistributedSampler)
     assert [m.id for b in evaluation for m in b.meta] == ["s1", "s3"]
 
 
 def test_loader_with_workers_and_pinning_settings(records, tokenizer):
     config = load_config("lgrnet-tiny", overrides=["data.num_workers=1", "data.prefetch_factor=3"])
-    loader = build_dataloader(records, config, tokenizer, train=False, batch_size=5, distributed=False)
+    loader = build_eval_loader(records, config, tokenizer, batch_size=5, distributed=False)
     assert loader.num_workers == 1 and loader.persistent_workers and loader.prefetch_factor == 3
     assert loader.pin_memory == torch.cuda.is_available()
     (batch,) = list(loader)
@@ -135,16 +137,13 @@ def test_loader_with_workers_and_pinning_settings(records, tokenizer):
 
 
 def test_spatial_match_reaches_the_train_transform(records, tokenizer):
-    """``data.spatial_match`` is handed to the train transform (which expressions are never cropped) by both
-    loader builders; a value outside substring/word is a config error."""
+    """``data.spatial_match`` is handed to the train transform (which expressions are never cropped) by the train
+    loader; a value outside substring/word is a config error."""
     from lgrnet.config import ConfigError
-    from lgrnet.engine.data import build_train_loader
 
     for match in ("substring", "word"):
         config = load_config("lgrnet-tiny", overrides=["data.num_workers=0", "train.batch_size=2",
                                                       f"data.spatial_match={match}"])
-        assert build_dataloader(records, config, tokenizer, train=True, distributed=False
-                                ).dataset.transform.spatial_match == match
         train_loader = build_train_loader(records, config, tokenizer, 1, 0)
         assert train_loader.dataset.dataset.transform.spatial_match == match  # inside the seeding wrapper
     assert load_config("lgrnet-tiny").data.spatial_match == "substring"

@@ -18,13 +18,9 @@ from script_helpers import load_script
 
 from lgrnet.cli import main
 from lgrnet.config import load_config, tiny_twin
+from lgrnet.engine.evaluate import check_recorded
 from lgrnet.model.registry import SHIPPED_MODEL_ENV
-from lgrnet.quickstart import (
-    EVAL_SPLITS,
-    SHIPPED_MODEL_DIR,
-    check_recorded,
-    has_model,
-)
+from lgrnet.quickstart import EVAL_SPLITS, SHIPPED_MODEL_DIR, has_model
 
 NUM_EVAL = 4
 
@@ -190,7 +186,7 @@ def test_a_failed_run_leaves_the_output_folder_as_it_was(work, scratch):
 
 
 def test_metrics_use_the_engines_names_and_old_records_still_read(work, scratch, tmp_path):
-    from lgrnet.quickstart import read_metrics
+    from lgrnet.engine.evaluate import read_metrics
 
     assert set(scratch["metrics"]["val"]) == {"acc50", "acc75", "miou", "orig_acc50", "count"}
     assert read_metrics({"acc@0.5": 1.0, "acc@0.75": 2.0, "acc@0.5_original": 3.0, "miou": 4.0}) == \

@@ -6,12 +6,12 @@
    ``config.yaml`` + ``model.safetensors`` without the frozen MiniLM text encoder, which is loaded from its
    package; ``--checkpoint`` names another model) or, with ``--from-scratch`` or when the package holds no shipped
    weights (said plainly), a fresh ``lgrnet-tiny``.
-3. It is evaluated on val/testA/testB with the engine's :func:`lgrnet.engine.evaluate.evaluate`, trained for a
+3. It is evaluated on val/testA/testB with :func:`lgrnet.engine.evaluate.evaluate_split`, trained for a
    wall-clock budget with the engine's :func:`lgrnet.engine.train.train` (``train.time_limit_minutes``; the start
    weights enter through ``train.init_from``), written to ``DIR/model/`` and evaluated again.
 4. ``DIR/metrics.json`` holds the final model's metrics per split (the engine's names: ``acc50``, ``acc75``,
    ``miou``, ``orig_acc50``, ``count``) plus ``before``; ``DIR/predictions.png`` a grid of the final model's
-   predictions on val (ground truth, predicted box, coordinate point, expression). ``--train-minutes 0`` evaluates
+   predictions on val (:mod:`lgrnet.inference.grid`: ground truth, predicted box, coordinate point, expression). ``--train-minutes 0`` evaluates
    the start model only. A run that fails leaves the output folder as it was (a new one is removed).
 """
 
@@ -37,8 +37,6 @@ from lgrnet.model.registry import DEFAULT_MODEL, has_model, shipped_model_folder
 #: Where the package keeps the shipped SynthRef model (absent until it has been trained and exported).
 SHIPPED_MODEL_DIR = shipped_model_folder("synthref-small")
 EVAL_SPLITS = ("val", "testA", "testB")
-#: In a shipped-model folder: the val accuracy recorded at export on a fixed SynthRef sample (see check_recorded).
-RECORD_FILE = "metrics.json"
 #: Expressions of the train split whose mean loss is reported before and after training (the same batches).
 LOSS_SAMPLES = 64
 
@@ -195,54 +193,27 @@ def training_config(base: Config, options: QuickstartOptions, data_root: Path, i
 
 def evaluate_splits(model: torch.nn.Module, config: Config, device: str,
                     splits: tuple[str, ...] = EVAL_SPLITS) -> dict[str, dict[str, float]]:
-    """Acc@0.5/Acc@0.75/mIoU of ``model`` on ``splits`` of ``config.data`` (engine evaluation)."""
-    from lgrnet.data.dataset import build_dataloader
-    from lgrnet.data.readers import load_records
+    """Acc@0.5/Acc@0.75/mIoU of ``model`` on ``splits`` of ``config.data``."""
     from lgrnet.engine.distributed import init_distributed
-    from lgrnet.engine.evaluate import evaluate
-    from lgrnet.model.text import build_tokenizer
+    from lgrnet.engine.evaluate import evaluate_split, summarize_metrics
 
     info = init_distributed(device)
     model = model.to(info.device)
-    tokenizer = build_tokenizer(config.model.text)
-    results = {}
-    for split in splits:
-        loader = build_dataloader(load_records(config.data, split), config, tokenizer, train=False,
-                                  distributed=False)
-        metrics, _ = evaluate(model, loader, info)
-        results[split] = summarize(metrics)
-    return results
-
-
-def summarize(metrics: dict[str, float]) -> dict[str, float]:
-    """The engine's metrics (its names: ``acc50``, ``acc75``, ``miou``, ``orig_acc50``), in percent, rounded."""
-    return {"acc50": round(metrics["acc50"], 2), "acc75": round(metrics["acc75"], 2),
-            "miou": round(metrics["miou"], 2), "orig_acc50": round(metrics["orig_acc50"], 2),
-            "count": int(metrics["count"])}
-
-
-#: Metric names of files written before the engine's names were used everywhere (read, never written).
-_OLD_NAMES = {"acc@0.5": "acc50", "acc@0.75": "acc75", "acc@0.5_original": "orig_acc50"}
-
-
-def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A metrics mapping with the old spellings (``acc@0.5`` ...) renamed to the engine's (``acc50`` ...)."""
-    return {_OLD_NAMES.get(k, k): v for k, v in metrics.items()}
+    return {split: summarize_metrics(evaluate_split(model, config, split, info=info).metrics) for split in splits}
 
 
 def fixed_set_loss(model: torch.nn.Module, config: Config, device: str,
                    num: int = LOSS_SAMPLES) -> tuple[float, int]:
     """Mean training loss of ``model`` on the first ``num`` train expressions (and how many there were), without
     augmentation and in fixed batches: the same samples before and after training, so the two numbers compare."""
-    from lgrnet.data.dataset import build_dataloader
+    from lgrnet.data.dataset import build_eval_loader
     from lgrnet.data.readers import load_records
     from lgrnet.engine.distributed import init_distributed
     from lgrnet.model.text import build_tokenizer
 
     info = init_distributed(device)
     records = load_records(config.data, config.data.train_split)[:num]
-    loader = build_dataloader(records, config, build_tokenizer(config.model.text), train=False, batch_size=16,
-                              distributed=False)
+    loader = build_eval_loader(records, config, build_tokenizer(config.model.text), batch_size=16, distributed=False)
     model = model.to(info.device)
     was_training = model.training
     model.eval()
@@ -284,19 +255,12 @@ def _replace(staged: Path, final: Path) -> None:
 
 def render_predictions(model: torch.nn.Module, config: Config, path: Path, count: int, device: str,
                        title: str) -> Path:
-    """A grid of ``count`` val predictions (inference helpers: box, coordinate point, ground truth, caption)."""
-    from PIL import Image, ImageDraw
-
+    """A grid of ``count`` val predictions (box, coordinate point, ground truth, caption), one image per tile as
+    long as there are images enough."""
     from lgrnet.data.readers import load_records
+    from lgrnet.inference.grid import prediction_grid
     from lgrnet.inference.predictor import Predictor
-    from lgrnet.inference.visualize import (
-        BACKGROUND,
-        TEXT_COLOR,
-        add_caption,
-        draw_prediction,
-        font,
-        save_png,
-    )
+    from lgrnet.inference.visualize import save_png
 
     records = load_records(config.data, "val")
     # One expression per image first (SynthRef has several per image), so the grid shows different scenes.
@@ -305,25 +269,7 @@ def render_predictions(model: torch.nn.Module, config: Config, path: Path, count
     chosen = (distinct + [r for r in records if all(r is not d for d in distinct)])[:count]
     predictor = Predictor(model, config, device="cpu" if device == "cpu" else None)
     predictions = predictor.predict([(r.image, r.expression) for r in chosen])
-    cell_w, cell_h, columns = 320, 240, 4
-    tiles = []
-    for record, prediction in zip(chosen, predictions):
-        tile = draw_prediction(record.image, prediction, ground_truth=record.box, caption=False)
-        tile.thumbnail((cell_w, cell_h))
-        cell = Image.new("RGB", (cell_w, cell_h), BACKGROUND)
-        cell.paste(tile, ((cell_w - tile.width) // 2, (cell_h - tile.height) // 2))
-        tiles.append(add_caption(cell, record.expression, max_lines=2, size=14))
-    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
-    gap, head = 8, 36
-    width = min(columns, len(tiles)) * (cell_w + gap) + gap
-    height = head + sum(max(t.height for t in row) + gap for row in rows) + gap
-    grid = Image.new("RGB", (max(width, 2 * cell_w), height), BACKGROUND)
-    ImageDraw.Draw(grid).text((gap, 8), title, font=font(16), fill=TEXT_COLOR)
-    y = head
-    for row in rows:
-        for j, tile in enumerate(row):
-            grid.paste(tile, (gap + j * (cell_w + gap), y))
-        y += max(t.height for t in row) + gap
+    grid = prediction_grid([r.image for r in chosen], predictions, [r.box for r in chosen], title)
     return save_png(grid, path)
 
 
@@ -446,40 +392,3 @@ def _run(options: QuickstartOptions, out: Path, stage: Path, say: Callable[[str]
         + (f", {out / 'predictions.png'}" if options.num_examples else "")
         + f". Total {seconds['total'] / 60:.1f} min.")
     return report
-
-
-def sample_accuracy(model: torch.nn.Module, config: Config, cache: Path, seed: int, num: int,
-                    split: str = "val") -> dict[str, float]:
-    """Metrics of ``model`` on a fixed SynthRef sample: ``num`` expressions of ``split`` for ``seed`` (generated
-    into ``cache`` once). The shipped model records this at export; tests check that it is reproduced."""
-    from lgrnet.data.dataset import build_dataloader
-    from lgrnet.data.readers import load_records
-    from lgrnet.engine.distributed import init_distributed
-    from lgrnet.engine.evaluate import evaluate
-    from lgrnet.model.text import build_tokenizer
-    from lgrnet.synth import ensure_synthref
-
-    folder = cache / f"synthref-{seed}-{split}{num}"
-    ensure_synthref(folder, seed=seed, num_train=0, num_val=num if split == "val" else 0,
-                    num_test=num if split != "val" else 0)
-    config = copy.deepcopy(config)
-    config.data.format, config.data.root, config.data.num_workers = "synth", str(folder), 0
-    info = init_distributed("cpu")
-    loader = build_dataloader(load_records(config.data, split), config, build_tokenizer(config.model.text),
-                              train=False, batch_size=32, distributed=False)
-    metrics, _ = evaluate(model.to(info.device), loader, info)
-    return summarize(metrics)
-
-
-def check_recorded(folder: Path, cache: Path) -> tuple[float, float, int]:
-    """(measured, recorded) Acc@0.5 of the model folder on the sample named in its ``metrics.json``, and the
-    sample size."""
-    from lgrnet.model.io import load_model
-
-    record_path = folder / RECORD_FILE
-    if not record_path.is_file():
-        raise CheckpointError(f"{folder}: no {RECORD_FILE} with the accuracy recorded at export")
-    record = read_metrics(json.loads(record_path.read_text())["sample"])
-    model, config = load_model(folder)
-    measured = sample_accuracy(model, config, cache, record["seed"], record["num"], record["split"])
-    return measured["acc50"], float(record["acc50"]), int(record["num"])

@@ -14,19 +14,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import (
-    DataLoader,
-    Dataset,
-    DistributedSampler,
-    RandomSampler,
-    Sampler,
-    SequentialSampler,
-)
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from lgrnet.data.batch import Batch, SampleMeta
 from lgrnet.data.image import load_image
 from lgrnet.data.records import Record
-from lgrnet.data.transforms import EvalTransform, TrainTransform
+from lgrnet.data.transforms import EvalTransform
 
 
 def tokenize(tokenizer: Any, expression: str, max_length: int, lowercase: bool = True) -> tuple[list[int], list[int]]:
@@ -117,47 +110,37 @@ class EvalDistributedSampler(Sampler[int]):
         pass
 
 
-def build_dataloader(
+def build_eval_loader(
     records: Sequence[Record],
     config: Any,  # lgrnet.config.Config
     tokenizer: Any,
-    train: bool,
     batch_size: int | None = None,
     distributed: bool | None = None,
 ) -> DataLoader:
-    """DataLoader over ``records`` with the train or eval transform of ``config``.
+    """Evaluation DataLoader over ``records``: the eval transform of ``config``, records in order, every batch kept.
 
-    ``distributed=None`` means "when torch.distributed is initialised". Training uses a shuffling
-    ``DistributedSampler`` (call ``loader.sampler.set_epoch(epoch)`` each epoch) or a seeded RandomSampler and
-    drops the last incomplete batch; evaluation uses :class:`EvalDistributedSampler` / sequential order.
+    ``distributed=None`` means "when torch.distributed is initialised"; then :class:`EvalDistributedSampler`
+    gives each sample to exactly one rank. ``batch_size`` defaults to ``config.train.batch_size``. (Training
+    batches come from :func:`lgrnet.engine.data.build_train_loader`.)
     """
-    size = config.model.image_size
-    transform = TrainTransform(size, config.data.augment, config.data.spatial_match) if train else EvalTransform(size)
     text = config.model.text
-    dataset = RECDataset(records, transform, tokenizer, text.max_length, text.lowercase)
+    dataset = RECDataset(records, EvalTransform(config.model.image_size), tokenizer, text.max_length, text.lowercase)
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized()
-    batch_size = batch_size or config.train.batch_size
-    sampler: Sampler[int]
-    if train:
-        if distributed:
-            sampler = DistributedSampler(dataset, shuffle=True, seed=config.train.seed, drop_last=False)
-        else:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(config.train.seed))
-    else:
-        sampler = EvalDistributedSampler(len(dataset)) if distributed else SequentialSampler(dataset)
-    data = config.data
+    sampler: Sampler[int] = EvalDistributedSampler(len(dataset)) if distributed else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size or config.train.batch_size, sampler=sampler, collate_fn=collate,
+                      **worker_options(config.data))
+
+
+def worker_options(data: Any) -> dict[str, Any]:
+    """The DataLoader settings ``config.data`` decides, the same for training and evaluation: worker processes,
+    pinned memory (on CUDA), persistent workers and prefetching."""
     workers = max(0, int(data.num_workers))
     if workers > 0:  # a Rust tokenizer used before fork would otherwise warn (and may deadlock) in workers
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=bool(data.pin_memory) and torch.cuda.is_available(),
-        drop_last=train and len(dataset) >= batch_size * (dist.get_world_size() if distributed else 1),
-        persistent_workers=bool(data.persistent_workers) and workers > 0,
-        prefetch_factor=data.prefetch_factor if workers > 0 else None,
-    )
+    return {
+        "num_workers": workers,
+        "pin_memory": bool(data.pin_memory) and torch.cuda.is_available(),
+        "persistent_workers": bool(data.persistent_workers) and workers > 0,
+        "prefetch_factor": data.prefetch_factor if workers > 0 else None,
+    }

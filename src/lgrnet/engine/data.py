@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lgrnet.data.dataset import RECDataset, collate
+from lgrnet.data.dataset import RECDataset, collate, worker_options
 from lgrnet.data.records import Record
 from lgrnet.data.transforms import TrainTransform
 from lgrnet.errors import DataError
@@ -91,22 +91,20 @@ class SeededDataset(Dataset):
 
 def build_train_loader(records: Sequence[Record], config: Any, tokenizer: Any, world_size: int,
                        rank: int) -> DataLoader:
-    """Train DataLoader (full train transform, resumable sampler); ``loader.sampler.set_epoch(e, start)``."""
+    """The training DataLoader (full train transform, resumable sampler, full batches only); call
+    ``loader.sampler.set_epoch(e, start)`` before each epoch. (Evaluation batches come from
+    :func:`lgrnet.data.dataset.build_eval_loader`.)"""
     text = config.model.text
     transform = TrainTransform(config.model.image_size, config.data.augment, config.data.spatial_match)
     dataset = RECDataset(records, transform, tokenizer, text.max_length, text.lowercase)
     sampler = ResumableSampler(len(dataset), config.train.batch_size, world_size, rank, config.train.seed)
-    workers = max(0, int(config.data.num_workers))
     return DataLoader(
         SeededDataset(dataset, config.train.seed),
         batch_size=config.train.batch_size,
         sampler=sampler,
-        num_workers=workers,
         collate_fn=collate,
-        pin_memory=bool(config.data.pin_memory) and torch.cuda.is_available(),
         drop_last=True,
-        persistent_workers=bool(config.data.persistent_workers) and workers > 0,
-        prefetch_factor=config.data.prefetch_factor if workers > 0 else None,
         # Own generator: creating an iterator must not consume the global RNG (exact mid-epoch resume).
         generator=torch.Generator().manual_seed(config.train.seed),
+        **worker_options(config.data),
     )

@@ -8,8 +8,9 @@ Evaluation runs without autocast by default, as the reference (fp32).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,10 @@ from lgrnet.data.transforms import canvas_to_original
 from lgrnet.engine.distributed import DistInfo
 from lgrnet.engine.metrics import MetricAccumulator, canvas_iou, paired_iou
 from lgrnet.precision import autocast, normalize_precision
+
+if TYPE_CHECKING:
+    from lgrnet.config import Config, DataConfig
+    from lgrnet.data.records import Record
 
 
 @torch.no_grad()
@@ -102,7 +107,7 @@ def _data_missing_hint(config_data: Any) -> str:
     return ""
 
 
-def _single_file_records(root: Path, split: str | None) -> tuple[list[Any], str]:
+def _single_file_records(root: Path, split: str | None) -> tuple[list[Record], str]:
     """A single JSONL file is a split of its own: all its records (``split`` None), or those whose ``split`` key
     is ``split`` or absent. Returns the records and the split name to report."""
     from lgrnet.data.readers import read_jsonl
@@ -121,6 +126,47 @@ def _single_file_records(root: Path, split: str | None) -> tuple[list[Any], str]
     return chosen, split
 
 
+def split_records(data: DataConfig, split: str | None = None) -> tuple[list[Record], str]:
+    """The records of ``split`` of ``data`` (a config's data section) and the split's name. ``split`` None: a
+    single JSONL file whole (named after its records' split, or the file), other data its ``val_split``."""
+    from lgrnet.data.readers import load_records
+
+    root = Path(data.root)
+    if data.format in ("jsonl", "synth") and root.is_file():
+        return _single_file_records(root, split)
+    split = split or data.val_split
+    return load_records(data, split), split
+
+
+@dataclass
+class SplitEvaluation:
+    split: str  # the name of the evaluated split
+    metrics: dict[str, float]  # reduced over ranks
+    predictions: list[dict[str, Any]] | None  # when asked for, on rank 0 (see evaluate)
+
+
+def evaluate_split(model: nn.Module, config: Config, split: str | None = None, *, info: DistInfo | None = None,
+                   batch_size: int | None = None, precision: str = "fp32", collect_predictions: bool = False,
+                   limit: int | None = None) -> SplitEvaluation:
+    """Evaluate ``model`` on ``split`` of ``config.data`` (see :func:`split_records`): records -> dataset (the
+    eval transform and tokenizer of ``config.model``) -> loader -> :func:`evaluate`. ``limit``: only the first
+    ``limit`` records. ``batch_size`` defaults to ``config.train.batch_size``. ``info`` None: one process, on the
+    device the model is on (else the model must already be on ``info.device``)."""
+    from lgrnet.data.dataset import build_eval_loader
+    from lgrnet.model.text import build_tokenizer
+
+    records, name = split_records(config.data, split)
+    if limit is not None:
+        records = records[:limit]
+    if info is None:
+        info = DistInfo(device=next(model.parameters()).device)
+    loader = build_eval_loader(records, config, build_tokenizer(config.model.text), batch_size=batch_size,
+                               distributed=info.distributed)
+    metrics, predictions = evaluate(model, loader, info, precision=precision,
+                                    collect_predictions=collect_predictions, spatial_match=config.data.spatial_match)
+    return SplitEvaluation(name, metrics, predictions)
+
+
 def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: str | None = None,
                         batch_size: int | None = None, output: str | Path | None = None, device: str = "auto",
                         precision: str = "fp32") -> dict[str, Any]:
@@ -129,13 +175,10 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
     predictions (original pixels) as JSONL. ``split`` None: a single JSONL file is evaluated whole, other data on
     its ``val_split``. Works in one process or under ``torchrun`` (samples are split over ranks and counted
     once). The output path is checked before anything is loaded."""
-    from lgrnet.data.dataset import build_dataloader
-    from lgrnet.data.readers import load_records
     from lgrnet.engine.dataspec import parse_dataspec
     from lgrnet.engine.distributed import init_distributed
     from lgrnet.errors import DataError
     from lgrnet.model.io import load_model
-    from lgrnet.model.text import build_tokenizer
     from lgrnet.output_paths import check_output_file
 
     precision = normalize_precision(precision, what="--precision")
@@ -148,19 +191,66 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
     if data_spec is None and not root.exists():
         raise DataError(f"--checkpoint {checkpoint}: its data ({config.data.format} at {root}) is not here; pass "
                         f"--data DATASPEC{_data_missing_hint(config.data)}")
-    if config.data.format in ("jsonl", "synth") and root.is_file():
-        records, split = _single_file_records(root, split)
-    else:
-        split = split or config.data.val_split
-        records = load_records(config.data, split)
-    tokenizer = build_tokenizer(config.model.text)
-    loader = build_dataloader(records, config, tokenizer, train=False, batch_size=batch_size,
-                              distributed=info.distributed)
-    metrics, predictions = evaluate(model, loader, info, precision=precision, collect_predictions=output is not None,
-                                    spatial_match=config.data.spatial_match)
-    result: dict[str, Any] = {"checkpoint": checkpoint, "split": split, "data": config.data.format,
-                              "root": config.data.root, **metrics}
-    if output is not None and predictions is not None:
-        write_predictions(predictions, Path(output))
+    evaluation = evaluate_split(model, config, split, info=info, batch_size=batch_size, precision=precision,
+                                collect_predictions=output is not None)
+    result: dict[str, Any] = {"checkpoint": checkpoint, "split": evaluation.split, "data": config.data.format,
+                              "root": config.data.root, **evaluation.metrics}
+    if output is not None and evaluation.predictions is not None:
+        write_predictions(evaluation.predictions, Path(output))
         result["predictions"] = str(output)
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The accuracy a model folder records (its metrics.json): measured on a fixed SynthRef sample at export, checked
+# again by the tests
+
+#: In a model folder: the accuracy recorded at export on a fixed SynthRef sample (see check_recorded).
+RECORD_FILE = "metrics.json"
+#: Metric names of files written before the engine's names were used everywhere (read, never written).
+_OLD_NAMES = {"acc@0.5": "acc50", "acc@0.75": "acc75", "acc@0.5_original": "orig_acc50"}
+
+
+def summarize_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline metrics (the engine's names: ``acc50``, ``acc75``, ``miou``, ``orig_acc50``, in percent,
+    rounded to 2 decimals) and the sample ``count``."""
+    return {"acc50": round(metrics["acc50"], 2), "acc75": round(metrics["acc75"], 2),
+            "miou": round(metrics["miou"], 2), "orig_acc50": round(metrics["orig_acc50"], 2),
+            "count": int(metrics["count"])}
+
+
+def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A metrics mapping with the old spellings (``acc@0.5`` ...) renamed to the engine's (``acc50`` ...)."""
+    return {_OLD_NAMES.get(k, k): v for k, v in metrics.items()}
+
+
+def sample_accuracy(model: nn.Module, config: Config, cache: Path, seed: int, num: int,
+                    split: str = "val") -> dict[str, float]:
+    """:func:`summarize_metrics` of ``model`` on a fixed SynthRef sample: ``num`` expressions of ``split`` for
+    ``seed`` (generated into ``cache`` once), on the CPU. Model folders record this at export."""
+    import copy
+
+    from lgrnet.synth import ensure_synthref
+
+    folder = cache / f"synthref-{seed}-{split}{num}"
+    ensure_synthref(folder, seed=seed, num_train=0, num_val=num if split == "val" else 0,
+                    num_test=num if split != "val" else 0)
+    config = copy.deepcopy(config)
+    config.data.format, config.data.root, config.data.num_workers = "synth", str(folder), 0
+    evaluation = evaluate_split(model.to("cpu"), config, split, batch_size=32)
+    return summarize_metrics(evaluation.metrics)
+
+
+def check_recorded(folder: Path, cache: Path) -> tuple[float, float, int]:
+    """(measured, recorded) Acc@0.5 of the model folder on the sample named in its ``metrics.json``, and the
+    sample size."""
+    from lgrnet.errors import CheckpointError
+    from lgrnet.model.io import load_model
+
+    record_path = folder / RECORD_FILE
+    if not record_path.is_file():
+        raise CheckpointError(f"{folder}: no {RECORD_FILE} with the accuracy recorded at export")
+    record = read_metrics(json.loads(record_path.read_text())["sample"])
+    model, config = load_model(folder)
+    measured = sample_accuracy(model, config, cache, record["seed"], record["num"], record["split"])
+    return measured["acc50"], float(record["acc50"]), int(record["num"])

@@ -35,7 +35,7 @@ from lgrnet.engine.distributed import (
     seed_everything,
     set_deterministic,
 )
-from lgrnet.engine.evaluate import autocast, evaluate
+from lgrnet.engine.evaluate import evaluate
 from lgrnet.engine.logging import LossPosition, LossWindow, MetricsLogger, Progress, TimeBudget
 from lgrnet.engine.optim import (
     build_optimizer,
@@ -45,6 +45,7 @@ from lgrnet.engine.optim import (
     time_budget_horizon,
 )
 from lgrnet.errors import CheckpointError, LGRNetError
+from lgrnet.precision import autocast
 
 # Called as hook(rank, step) before each micro-batch of optimizer step `step` (1-based): instrumentation, and fault
 # injection in tests (a rank that raises here shows that the other ranks stop instead of hanging).
@@ -229,10 +230,10 @@ class Trainer:
 
         self.val_loader = None
         if self.val_records:
-            from lgrnet.data.dataset import build_dataloader
+            from lgrnet.data.dataset import build_eval_loader
 
-            self.val_loader = build_dataloader(self.val_records, config, self.tokenizer, train=False,
-                                               distributed=self.info.distributed)
+            self.val_loader = build_eval_loader(self.val_records, config, self.tokenizer,
+                                                distributed=self.info.distributed)
         self.logger = MetricsLogger(self.output_dir, enabled=self.info.is_main)
         if self.info.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
