@@ -158,3 +158,56 @@ def test_evaluate_spatial_split_follows_the_switch(spatial_match, spatial_count)
     assert metrics["spatial_count"] == spatial_count and metrics["non_spatial_count"] == 2 - spatial_count
     assert [p["spatial"] for p in preds] == [True, spatial_count == 2]
     assert metrics["acc50_spatial"] == pytest.approx(100.0 / spatial_count)
+
+
+class _WholeCanvasModel(torch.nn.Module):
+    """Predicts the whole canvas for every sample: a square image's IoU is then its box's share of the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images, **kwargs):
+        return SimpleNamespace(pred_boxes=torch.tensor([[0.5, 0.5, 1.0, 1.0]]).expand(images.shape[0], 4))
+
+
+@pytest.fixture
+def split_file(tmp_path):
+    """Four records on 100x100 images: box shares of the image 1.0, 0.6, 0.1, 0.6; splits val, val, test, none."""
+    import json
+
+    from PIL import Image
+
+    Image.new("RGB", (100, 100), (90, 120, 200)).save(tmp_path / "scene.png")
+    rows = [("full", "val", [0, 0, 100, 100]), ("most", "val", [0, 0, 60, 100]),
+            ("small", "test", [0, 0, 20, 50]), ("free", None, [40, 0, 100, 100])]
+    lines = [json.dumps({"id": i, "image": "scene.png", "expression": "the thing", "box": box,
+                         **({"split": split} if split else {})}) for i, split, box in rows]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_evaluate_split_reads_the_split_and_evaluates_it(split_file):
+    from lgrnet.config import load_config, tiny_twin
+    from lgrnet.engine.evaluate import evaluate_split
+    from lgrnet.errors import DataError
+
+    config = load_config(tiny_twin("lgrnet-tiny"), ["data.format=jsonl", f"data.root={split_file}",
+                                                    "data.num_workers=0", "train.batch_size=3"])
+    model = _WholeCanvasModel()
+    whole = evaluate_split(model, config, collect_predictions=True)  # the file holds two splits: named after it
+    assert whole.split == "records" and whole.metrics["count"] == 4
+    assert whole.metrics["acc50"] == pytest.approx(75.0) and whole.metrics["acc75"] == pytest.approx(25.0)
+    assert whole.metrics["miou"] == pytest.approx(100 * (1.0 + 0.6 + 0.1 + 0.6) / 4, abs=1e-3)
+    assert [p["id"] for p in whole.predictions] == ["full", "most", "small", "free"]
+    assert whole.predictions[1]["box"] == pytest.approx([0.0, 0.0, 100.0, 100.0], abs=0.01)
+    val = evaluate_split(model, config, "val")  # the val records and those without a split key
+    assert val.split == "val" and val.metrics["count"] == 3 and val.predictions is None
+    assert val.metrics["miou"] == pytest.approx(100 * (1.0 + 0.6 + 0.6) / 3, abs=1e-3)
+    first = evaluate_split(model, config, "val", limit=2, batch_size=1)
+    assert first.metrics["count"] == 2 and first.metrics["miou"] == pytest.approx(80.0, abs=1e-3)
+    assert evaluate_split(model, config, "train").metrics["count"] == 1  # only the record without a split key
+    split_file.write_text("".join(line + "\n" for line in split_file.read_text().splitlines()[:3]))
+    with pytest.raises(DataError, match="--split train: .*records.jsonl has no records of split 'train'"):
+        evaluate_split(model, config, "train")

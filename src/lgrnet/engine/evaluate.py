@@ -159,7 +159,8 @@ def evaluate_split(model: nn.Module, config: Config, split: str | None = None, *
     if limit is not None:
         records = records[:limit]
     if info is None:
-        info = DistInfo(device=next(model.parameters()).device)
+        parameter = next(model.parameters(), None)
+        info = DistInfo(device=parameter.device if parameter is not None else torch.device("cpu"))
     loader = build_eval_loader(records, config, build_tokenizer(config.model.text), batch_size=batch_size,
                                distributed=info.distributed)
     metrics, predictions = evaluate(model, loader, info, precision=precision,
@@ -175,6 +176,7 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
     predictions (original pixels) as JSONL. ``split`` None: a single JSONL file is evaluated whole, other data on
     its ``val_split``. Works in one process or under ``torchrun`` (samples are split over ranks and counted
     once). The output path is checked before anything is loaded."""
+    from lgrnet.data.readers.standard import split_provenance
     from lgrnet.engine.dataspec import parse_dataspec
     from lgrnet.engine.distributed import init_distributed
     from lgrnet.errors import DataError
@@ -193,8 +195,10 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
                         f"--data DATASPEC{_data_missing_hint(config.data)}")
     evaluation = evaluate_split(model, config, split, info=info, batch_size=batch_size, precision=precision,
                                 collect_predictions=output is not None)
-    result: dict[str, Any] = {"checkpoint": checkpoint, "split": evaluation.split, "data": config.data.format,
-                              "root": config.data.root, **evaluation.metrics}
+    # What the number was measured on: dataset, split-by, the split's size and whether it is the standard one.
+    provenance = split_provenance(config.data, evaluation.split, int(evaluation.metrics["count"]))
+    result: dict[str, Any] = {"checkpoint": checkpoint, "data": config.data.format, "root": config.data.root,
+                              **provenance, **evaluation.metrics}
     if output is not None and evaluation.predictions is not None:
         write_predictions(evaluation.predictions, Path(output))
         result["predictions"] = str(output)
