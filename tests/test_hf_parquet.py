@@ -288,4 +288,10 @@ def test_eval_reads_a_parquet_download_with_embedded_images(tmp_path, checkpoint
                      "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "coco").iterdir()) == [
         "COCO_train2014_000000000001.jpg", "COCO_train2014_000000000002.jpg"]
-    assert "testA" in capsys.readouterr().out
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the output says what the number was measured on, and that it is not the standard testA (5,657 expressions)
+    assert {k: result[k] for k in ("data", "dataset", "split_by", "split", "split_count", "standard_count",
+                                   "matches_standard")} == {
+        "data": "hf-parquet", "dataset": "RefCOCO", "split_by": "unc", "split": "testA", "split_count": 3,
+        "standard_count": 5_657, "matches_standard": False}
+    assert result["count"] == 3
