@@ -55,3 +55,10 @@ def test_autocast_bf16_runs_a_cpu_matmul_in_bf16_and_fp32_leaves_float32():
     assert torch.allclose(full.double(), exact, rtol=1e-5, atol=1e-5)
     with autocast("cpu", "off"):
         assert (a @ b).dtype == torch.float32
+
+
+def test_autocast_fp16_on_cpu_is_left_to_the_caller():
+    """Training runs fp16 on a CPU on purpose (with a gradient scaler): autocast builds it; only autocast_dtype,
+    which inference asks first, refuses it."""
+    with autocast(torch.device("cpu"), torch.float16):
+        assert (torch.ones(2, 3) @ torch.ones(3, 2)).dtype == torch.float16
