@@ -252,7 +252,8 @@ def test_failing_rank_stops_the_job_instead_of_hanging(smoke_dir, tmp_path):
     assert time.monotonic() - start < 200
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(smoke_dir, tmp_path, monkeypatch):
+def nan_loss_at_forward(monkeypatch: pytest.MonkeyPatch, n: int) -> dict[str, int]:
+    """The loss of the ``n``-th training forward becomes NaN; returns the count of training forwards (key "n")."""
     from lgrnet.model.lgrnet import LGRNet
 
     original = LGRNet.forward
@@ -262,11 +263,16 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(smo
         out = original(self, *args, **kwargs)
         if self.training:
             calls["n"] += 1
-            if calls["n"] == 3:
+            if calls["n"] == n:
                 out.loss = out.loss * float("nan")
         return out
 
     monkeypatch.setattr(LGRNet, "forward", forward)
+    return calls
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(smoke_dir, tmp_path, monkeypatch):
+    nan_loss_at_forward(monkeypatch, 3)
     config = tiny(smoke_dir, "train.checkpoint_every_steps=1", "train.epochs=1")
     with pytest.raises(NonFiniteLossError, match=r"at step 3 \(epoch 1, batch 3\)"):
         train(config, tmp_path / "run", device="cpu")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_engine import nan_loss_at_forward
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lgrnet.config import Config, load_config, tiny_twin
@@ -176,20 +177,7 @@ def test_a_training_step_reads_no_tensor_on_the_host_between_logging_intervals(d
 
 def test_a_non_finite_loss_between_checks_stops_the_run_before_anything_is_saved(data, tmp_path, monkeypatch):
     """NaN at step 2, read at step 3 (the logging interval): the error names step 2 and nothing was written."""
-    from lgrnet.model.lgrnet import LGRNet
-
-    original = LGRNet.forward
-    calls = {"n": 0}
-
-    def forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(LGRNet, "forward", forward)
+    calls = nan_loss_at_forward(monkeypatch, 2)
     config = _config(data, "data.num_workers=0", "train.log_every=3", "train.max_steps=6")
     with pytest.raises(NonFiniteLossError, match=r"at step 2 \(epoch 1, batch 2\), read at step 3"):
         Trainer(config, tmp_path / "run", device="cpu").run()
