@@ -3,7 +3,8 @@
 A transform takes ``(PIL RGB image, expression, box (x1, y1, x2, y2) original pixels)`` and returns a
 :class:`TransformedSample`: the ImageNet-normalised image letterboxed onto an S x S zero canvas, the padding mask
 (True = pad), the box as (cx, cy, w, h) / S on the canvas, the (possibly flipped) expression, and the affine map
-``canvas = original * scale + offset`` (per axis) that :func:`canvas_to_original` inverts.
+``canvas = original * scale + offset`` (per axis) that :func:`canvas_to_original` (boxes) and
+:func:`canvas_points_to_original` (points) invert. :class:`EvalTransform` also takes no box (inference).
 
 Geometry goes through ``torchvision.transforms.v2.functional`` on ``tv_tensors.BoundingBoxes`` (float64, so the
 sub-pixel box precision survives every resize/crop/flip). Fixes to the reference (spec 15.18): the random crop
@@ -27,7 +28,8 @@ from torchvision.transforms.v2 import functional as F
 from lgrnet.data.image import load_image
 from lgrnet.data.spatial import SpatialMatch, is_spatial, swap_left_right
 
-__all__ = ["EvalTransform", "TrainTransform", "TransformedSample", "canvas_to_original", "load_image"]
+__all__ = ["EvalTransform", "TrainTransform", "TransformedSample", "canvas_points_to_original", "canvas_to_original",
+           "load_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +42,7 @@ CROP_MIN, CROP_MAX, CROP_TRIES = 384, 600, 20
 class TransformedSample:
     image: torch.Tensor  # [3, S, S] float32, normalised, zero padding
     mask: torch.Tensor  # [S, S] bool, True = padding
-    box: torch.Tensor  # [4] float32 (cx, cy, w, h) / S on the canvas
+    box: torch.Tensor | None  # [4] float32 (cx, cy, w, h) / S on the canvas; None when no box was given
     expression: str
     scale: tuple[float, float]  # canvas = original * scale + offset (sx < 0 after a horizontal flip)
     offset: tuple[float, float]
@@ -51,10 +53,10 @@ class TransformedSample:
 class _Geometry:
     """The image, its box and the running affine map from original pixels to the current image."""
 
-    def __init__(self, image: Image.Image, box: Sequence[float]):
+    def __init__(self, image: Image.Image, box: Sequence[float] | None):
         self.image = image
         w, h = image.size
-        self.box = tv_tensors.BoundingBoxes(
+        self.box = None if box is None else tv_tensors.BoundingBoxes(
             torch.tensor([list(box)], dtype=torch.float64), format="XYXY", canvas_size=(h, w)
         )
         self.sx, self.sy, self.dx, self.dy = 1.0, 1.0, 0.0, 0.0
@@ -68,7 +70,8 @@ class _Geometry:
         if (new_w, new_h) == (w, h):
             return
         self.image = F.resize(self.image, [new_h, new_w], interpolation=v2.InterpolationMode.BILINEAR)
-        self.box = F.resize(self.box, [new_h, new_w])
+        if self.box is not None:
+            self.box = F.resize(self.box, [new_h, new_w])
         rx, ry = new_w / w, new_h / h
         self.sx, self.sy, self.dx, self.dy = self.sx * rx, self.sy * ry, self.dx * rx, self.dy * ry
 
@@ -99,7 +102,8 @@ _MEAN_255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
 _INV_STD_255 = 1.0 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
 
 
-def _letterbox(geo: _Geometry, size: int, top: int, left: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _letterbox(geo: _Geometry, size: int, top: int, left: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Normalise, paste at (top, left) on a zero S x S canvas; mask True = pad; box -> (cx, cy, w, h) / S."""
     pixels = F.pil_to_tensor(geo.image)  # uint8 [3, h, w]
     _, h, w = pixels.shape
@@ -109,24 +113,27 @@ def _letterbox(geo: _Geometry, size: int, top: int, left: int) -> tuple[torch.Te
     mask = torch.ones(size, size, dtype=torch.bool)
     mask[top : top + h, left : left + w] = False
     geo.dx, geo.dy = geo.dx + left, geo.dy + top
+    if geo.box is None:
+        return canvas, mask, None
     x1, y1, x2, y2 = geo.box[0].tolist()
     x1, x2, y1, y2 = x1 + left, x2 + left, y1 + top, y2 + top
     box = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float64) / size
     return canvas, mask, box.float()
 
 
-def _sample(geo: _Geometry, expression: str, canvas: torch.Tensor, mask: torch.Tensor, box: torch.Tensor,
+def _sample(geo: _Geometry, expression: str, canvas: torch.Tensor, mask: torch.Tensor, box: torch.Tensor | None,
             original_size: tuple[int, int], size: int) -> TransformedSample:
     return TransformedSample(canvas, mask, box, expression, (geo.sx, geo.sy), (geo.dx, geo.dy), original_size, size)
 
 
 class EvalTransform:
-    """Spec 11.4: long side to S (rounded), normalise, centred letterbox."""
+    """Spec 11.4: long side to S (rounded), normalise, centred letterbox. Without a box (inference) the sample's
+    ``box`` is None; the image, mask and affine map are the same either way."""
 
     def __init__(self, image_size: int):
         self.image_size = image_size
 
-    def __call__(self, image: Image.Image, expression: str, box: Sequence[float]) -> TransformedSample:
+    def __call__(self, image: Image.Image, expression: str, box: Sequence[float] | None = None) -> TransformedSample:
         original_size = image.size
         geo = _Geometry(image, box)
         geo.resize_long_side(self.image_size)
@@ -224,3 +231,19 @@ def canvas_to_original(boxes: torch.Tensor, metas: Sequence[Any], clamp: bool = 
             out[i, 0::2] = out[i, 0::2].clamp(0, width)
             out[i, 1::2] = out[i, 1::2].clamp(0, height)
     return out.float()
+
+
+def canvas_points_to_original(points: torch.Tensor, metas: Sequence[Any], clamp: bool = True) -> torch.Tensor:
+    """Map normalised canvas points (x, y) / S [B, 2] to original pixels [B, 2] (float64), the letterbox's
+    inverse as in :func:`canvas_to_original`; with ``clamp`` the points are clipped to the original image."""
+    points = points.detach().to(torch.float64).cpu()
+    if tuple(points.shape) != (len(metas), 2):
+        raise ValueError(f"expected points [B, 2] with B = {len(metas)} metas, got {tuple(points.shape)}")
+    canvas = torch.tensor([[float(meta.canvas_size)] for meta in metas], dtype=torch.float64)
+    scale = torch.tensor([list(meta.scale) for meta in metas], dtype=torch.float64)
+    offset = torch.tensor([list(meta.offset) for meta in metas], dtype=torch.float64)
+    mapped = (points * canvas - offset) / scale
+    if clamp:
+        size = torch.tensor([list(meta.original_size) for meta in metas], dtype=torch.float64)
+        mapped = torch.minimum(mapped.clamp(min=0.0), size)
+    return mapped
