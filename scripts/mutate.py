@@ -69,17 +69,19 @@ MODULES: dict[str, Module] = {
         files=("src/lgrnet/data/transforms.py",),
         mutants=("lgrnet.data.transforms.*",),
         tests=("tests/test_transforms.py", "tests/test_crop.py", "tests/test_point_mapping.py",
-               "tests/test_dataset.py"),
+               "tests/test_processor.py", "tests/test_dataset.py"),
     ),
     # The predictor's canvas -> original-image mappings: the letterbox inverse of the predicted point, the
-    # attention map's crop and resize, and the predictor's forward pass that maps boxes and points back.
+    # attention map's crop and resize, the processor's post-processing and the predictor's forward pass.
     "mappings": Module(
         files=("src/lgrnet/inference/attention.py", "src/lgrnet/inference/processor.py",
                "src/lgrnet/inference/predictor.py"),
         mutants=("lgrnet.inference.attention.xǁLetterboxǁ*", "lgrnet.inference.processor.xǁLetterboxǁ*",
                  "lgrnet.inference.attention.x_attention_on_image*",
+                 "lgrnet.inference.processor.xǁProcessorǁpost_process*",
                  "lgrnet.inference.predictor.xǁPredictorǁ_forward*"),
-        tests=("tests/test_predictor.py", "tests/test_point_mapping.py", "tests/test_visualize.py"),
+        tests=("tests/test_predictor.py", "tests/test_processor.py", "tests/test_point_mapping.py",
+               "tests/test_visualize.py"),
     ),
 }
 

@@ -8,13 +8,9 @@ import pytest
 from PIL import Image
 
 from lgrnet.errors import LGRNetError
-from lgrnet.inference.attention import (
-    Letterbox,
-    attention_on_image,
-    merge_word_pieces,
-    split_visual_attention,
-)
+from lgrnet.inference.attention import attention_on_image, merge_word_pieces, split_visual_attention
 from lgrnet.inference.predictor import Prediction
+from lgrnet.inference.processor import Letterbox
 from lgrnet.inference.visualize import (
     GT_COLOR,
     POINT_COLOR,

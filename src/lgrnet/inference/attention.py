@@ -8,25 +8,11 @@ resized back onto the original image; the text weights are attached to their wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Where the original image sits on the square model canvas: canvas = original * scale + offset."""
-
-    original_size: tuple[int, int]  # (width, height)
-    scale: tuple[float, float]  # (sx, sy)
-    offset: tuple[float, float]  # (dx, dy) canvas pixels
-    canvas_size: int
-
-    def canvas_to_original_xy(self, x: float, y: float) -> tuple[float, float]:
-        """Canvas pixels to original-image pixels (the inverse of the eval letterbox)."""
-        return (x - self.offset[0]) / self.scale[0], (y - self.offset[1]) / self.scale[1]
+from lgrnet.inference.processor import Letterbox
 
 
 def split_visual_attention(weights: torch.Tensor, token_shapes: list[tuple[int, int]]) -> list[np.ndarray]:

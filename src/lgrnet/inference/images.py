@@ -1,4 +1,8 @@
-"""Turning whatever a user hands the predictor (a path, a PIL image, a numpy array) into a safe RGB PIL image.
+"""Turning whatever a user hands the model (a path, a PIL image, a numpy array) into a safe RGB PIL image.
+
+:func:`as_rgb_image` is the one entry point (the :class:`~lgrnet.inference.processor.Processor`, the demo and the
+pictures use it). Files are decoded by the data pipeline's :func:`lgrnet.data.image.load_image`, so inference sees
+exactly what evaluation sees, and PIL images go through its mode conversion.
 
 Every failure becomes a one-line :class:`~lgrnet.errors.DataError` that names the image: unreadable or truncated
 files, text files with an image suffix, decompression bombs, arrays of the wrong shape. Unusual but valid images
@@ -10,18 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from lgrnet.data.image import check_pixel_count, load_image, to_rgb
 from lgrnet.errors import DataError
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 # Far below PIL's own bomb limit (~179 Mpx): an image this large would be shrunk to 640 px anyway, and decoding
-# it costs gigabytes. Users with giant scans can raise it (Predictor(max_image_pixels=...)).
+# it costs gigabytes. Users with giant scans can raise it (Predictor(max_image_pixels=...), Processor(...)).
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -39,43 +43,26 @@ def describe(image: object) -> str:
 def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file into an upright RGB image, or raise DataError naming the file.
 
-    The pixel count is checked from the header before anything is decoded; decoding and mode conversion are the
-    data pipeline's (:func:`lgrnet.data.image.load_image`), so inference sees exactly what evaluation sees.
+    The file is opened once: its pixel count is checked from the header before anything is decoded.
     """
-    from lgrnet.data.image import load_image
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image {path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            # PIL warns (rather than fails) between its two bomb thresholds; treat the warning as the error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                size = img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"image {path}: too many pixels (possible decompression bomb)") from None
-    except UnidentifiedImageError:
-        raise DataError(f"image {path}: not a readable image file") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(f"image {path}: corrupt or truncated image data ({_first_line(exc)})") from None
-    _check_pixels(size, max_pixels, f"image {path}")
-    image = load_image(path)
+    image = load_image(path, max_pixels=max_pixels)
     if image.width < 1 or image.height < 1:
         raise DataError(f"image {path}: empty image ({image.width}x{image.height})")
     return image
 
 
-def to_rgb(img: Image.Image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Upright RGB copy of a PIL image of any mode (the data pipeline's conversion: 16-bit rescaled, alpha dropped)."""
-    from lgrnet.data.image import to_rgb as data_to_rgb
-
-    _check_pixels(img.size, max_pixels, name)
+def from_pil(img: Image.Image, name: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Upright RGB copy of a PIL image of any mode (the data pipeline's conversion: 16-bit rescaled, alpha dropped);
+    the caller's image is left as it is."""
+    check_pixel_count(img.size, max_pixels, name)
     if img.width < 1 or img.height < 1:
         raise DataError(f"{name}: empty image ({img.width}x{img.height})")
     with contextlib.suppress(Exception):  # a malformed EXIF block must not make a decodable image unusable
         img = ImageOps.exif_transpose(img)
-    return data_to_rgb(img).copy()
+    return to_rgb(img).copy()
 
 
 def from_array(array: np.ndarray, name: str = "array", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -86,7 +73,7 @@ def from_array(array: np.ndarray, name: str = "array", max_pixels: int = DEFAULT
         raise DataError(f"{name}: expected an [H, W], [H, W, 3] or [H, W, 4] array, got shape {tuple(array.shape)}")
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise DataError(f"{name}: empty image ({array.shape[1]}x{array.shape[0]})")
-    _check_pixels((array.shape[1], array.shape[0]), max_pixels, name)
+    check_pixel_count((array.shape[1], array.shape[0]), max_pixels, name)
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
@@ -105,12 +92,12 @@ def from_array(array: np.ndarray, name: str = "array", max_pixels: int = DEFAULT
 
 
 def as_rgb_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Dispatch on the input type; the single entry point the predictor uses."""
+    """An upright RGB PIL image from a file path, a PIL image or an array (see :func:`from_array`)."""
     if isinstance(image, (str, os.PathLike)):
         return open_image(image, max_pixels)
     if isinstance(image, Image.Image):
         try:
-            return to_rgb(image, name=describe(image), max_pixels=max_pixels)
+            return from_pil(image, name=describe(image), max_pixels=max_pixels)
         except DataError:
             raise
         except (OSError, ValueError) as exc:
@@ -131,15 +118,6 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     else:
         scale = 255.0 / top
     return np.clip(array * scale + 0.5, 0, 255).astype(np.uint8)
-
-
-def _check_pixels(size: tuple[int, int], max_pixels: int, name: str) -> None:
-    width, height = size
-    if width * height > max_pixels:
-        raise DataError(
-            f"{name}: {width}x{height} is {width * height:,} pixels, above the limit of {max_pixels:,} "
-            "(possible decompression bomb)"
-        )
 
 
 def _first_line(exc: BaseException) -> str:

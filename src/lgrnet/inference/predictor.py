@@ -1,9 +1,11 @@
 """Grounding a phrase in your own image with a trained LGR-NET: ``Predictor.from_pretrained(...).predict(...)``.
 
-The predictor wraps a model and its :class:`~lgrnet.config.Config`, runs the same evaluation pipeline as the
-engine (letterbox to the model's canvas, spec section 11.4; tokenisation; one forward pass), and maps the
-predicted canvas box back to original-image pixels. Results are typed :class:`Prediction` objects; on request they
-carry the prediction token's attention over visual tokens and over words for every TCA/TCF layer (paper Fig. 5/6).
+The predictor wraps a model and its :class:`~lgrnet.config.Config`. Its
+:class:`~lgrnet.inference.processor.Processor` prepares each request as evaluation does (letterbox to the model's
+canvas, spec section 11.4; tokenisation) and maps the predicted canvas box and point back to original-image pixels;
+in between is one forward pass, in the precision asked for (:mod:`lgrnet.precision`). Results are typed
+:class:`Prediction` objects; on request they carry the prediction token's attention over visual tokens and over
+words for every TCA/TCF layer (paper Fig. 5/6).
 
 Checkpoints are the folders written by :func:`lgrnet.model.io.save_model` (``config.yaml`` + ``model.safetensors``),
 such as the engine's ``checkpoints/<name>/``; a Hugging Face hub id works where the user has a network
@@ -12,7 +14,6 @@ such as the engine's ``checkpoints/<name>/``; a Hugging Face hub id works where 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,21 +27,12 @@ from PIL import Image
 
 from lgrnet.config import Config
 from lgrnet.errors import DataError, LGRNetError
-from lgrnet.inference.attention import (
-    Letterbox,
-    attention_on_image,
-    merge_word_pieces,
-    split_visual_attention,
-)
-from lgrnet.inference.images import DEFAULT_MAX_PIXELS, ImageInput, as_rgb_image, describe
+from lgrnet.inference.attention import attention_on_image, merge_word_pieces, split_visual_attention
+from lgrnet.inference.images import DEFAULT_MAX_PIXELS, ImageInput
+from lgrnet.inference.processor import Letterbox, ProcessedSample, Processor
+from lgrnet.precision import autocast, autocast_dtype, normalize_precision
 
 DTypeLike = str | torch.dtype | None
-
-_DTYPES = {
-    "fp32": None, "float32": None, "float": None,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
 
 
 @dataclass
@@ -102,15 +94,6 @@ class Prediction:
         return out
 
 
-@dataclass
-class _Prepared:
-    """One request after image decoding, letterboxing and tokenisation (the data pipeline's Item)."""
-
-    item: Any  # lgrnet.data.dataset.Item
-    letterbox: Letterbox
-    truncated: bool
-
-
 class Predictor(
     ModelHubMixin,
     library_name="lgrnet",
@@ -135,27 +118,33 @@ class Predictor(
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         tokenizer: Any = None,
     ) -> None:
-        from lgrnet.data.transforms import EvalTransform
-
         self.config = config
         self.device = _resolve_device(device)
-        self.autocast_dtype = _resolve_dtype(dtype, self.device)
+        # "dtype" in the errors: the argument's name here (an fp32/bf16/fp16 name, an alias or a torch dtype).
+        self.autocast_dtype = autocast_dtype(dtype, self.device, what="dtype")
+        self.precision = normalize_precision(dtype, what="dtype")
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise LGRNetError(f"batch_size must be at least 1, got {batch_size}")
-        self.max_image_pixels = int(max_image_pixels)
         self.model = model.to(self.device).eval()
-        if tokenizer is None:
-            from lgrnet.model.text import build_tokenizer
-
-            tokenizer = build_tokenizer(config.model.text)
-        self.tokenizer = tokenizer
-        self.image_size = int(config.model.image_size)
-        self.max_length = int(config.model.text.max_length)
-        self.lowercase = bool(config.model.text.lowercase)
-        self.transform = EvalTransform(self.image_size)
+        #: Pre- and post-processing: images, letterbox, tokenisation, canvas -> original pixels.
+        self.processor = Processor.from_config(config, tokenizer=tokenizer, max_image_pixels=max_image_pixels)
         #: What a user must know about this model's boxes (set for shipped models by from_pretrained), else None.
         self.caveat: str | None = None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def image_size(self) -> int:
+        """The model's square canvas side in pixels."""
+        return self.processor.image_size
+
+    @property
+    def max_length(self) -> int:
+        """The most word pieces (special tokens included) the model reads of an expression."""
+        return self.processor.max_length
 
     # ----------------------------------------------------------------------------------------------------------
     # Loading and saving
@@ -175,12 +164,12 @@ class Predictor(
     ) -> Predictor:
         """Load a checkpoint folder (``config.yaml`` + ``model.safetensors``), a training output folder, a shipped
         model name (``"synthref"``) or a hub id ("owner/name")."""
-        folder = resolve_checkpoint(path_or_hub_id, revision=revision, cache_dir=cache_dir, token=token,
-                                    local_files_only=local_files_only)
         from lgrnet.model.io import load_model
-        from lgrnet.model.registry import caveat_for
+        from lgrnet.model.registry import caveat_for, resolve_model
 
-        model, config = load_model(str(folder), device="cpu")
+        folder = resolve_model(path_or_hub_id, "checkpoint", revision=revision, cache_dir=cache_dir, token=token,
+                               local_files_only=local_files_only)
+        model, config = load_model(folder, device="cpu")
         predictor = cls(model, config, device=device, dtype=dtype, **kwargs)
         predictor.caveat = caveat_for(folder)
         return predictor
@@ -229,7 +218,7 @@ class Predictor(
         if not isinstance(expression, Sequence) or not expression:
             raise DataError("expression: expected a string or a non-empty list of strings")
         # Decode the image once for all its expressions.
-        rgb = as_rgb_image(image, self.max_image_pixels)
+        rgb = self.processor.load_image(image)
         pairs = [(rgb, text) for text in expression]
         return self._raise_first(self.predict_many(pairs, attention=attention, batch_size=batch_size))
 
@@ -246,11 +235,11 @@ class Predictor(
         """
         results: list[Prediction | LGRNetError] = []
         for chunk in _chunks(pairs, batch_size or self.batch_size):
-            prepared: list[_Prepared] = []
+            prepared: list[ProcessedSample] = []
             slots: list[int] = []
             for image, text in chunk:
                 try:
-                    prepared.append(self.prepare(image, text))
+                    prepared.append(self.processor.prepare(image, text))
                     slots.append(len(results))
                     results.append(DataError("pending"))
                 except LGRNetError as exc:
@@ -260,64 +249,30 @@ class Predictor(
                     results[slot] = prediction
         return results
 
-    def prepare(self, image: ImageInput, expression: str) -> _Prepared:
-        """Decode, letterbox and tokenise one request exactly as evaluation does (raises DataError)."""
-        from lgrnet.data.batch import SampleMeta
-        from lgrnet.data.dataset import Item, tokenize
-
-        text = check_expression(expression)
-        rgb = as_rgb_image(image, self.max_image_pixels)
-        width, height = rgb.size
-        full = (0.0, 0.0, float(width), float(height))  # the transform wants a box; the prediction ignores it
-        sample = self.transform(rgb, text, full)
-        ids, mask = tokenize(self.tokenizer, sample.expression, self.max_length, self.lowercase)
-        letterbox = Letterbox((width, height), (float(sample.scale[0]), float(sample.scale[1])),
-                              (float(sample.offset[0]), float(sample.offset[1])), self.image_size)
-        meta = SampleMeta(id="", expression=sample.expression, image=describe(image), original_size=(width, height),
-                          scale=sample.scale, offset=sample.offset, canvas_size=self.image_size)
-        pieces = self._count_pieces(sample.expression)
-        if pieces == 0:
-            raise DataError(f"expression {_preview(text)}: no word the model's tokenizer can read")
-        # Word pieces beyond max_length (special tokens included) are dropped by the reader; say so.
-        truncated = pieces + (self.tokenizer.num_special_tokens_to_add() if hasattr(
-            self.tokenizer, "num_special_tokens_to_add") else 2) > self.max_length
-        return _Prepared(Item(sample.image, sample.mask, sample.box, ids, mask, meta), letterbox, truncated)
-
-    def _count_pieces(self, text: str) -> int:
-        text = text.lower() if self.lowercase else text
-        return len(self.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
-
     @torch.inference_mode()
-    def _forward(self, prepared: list[_Prepared], attention: bool) -> list[Prediction]:
-        from lgrnet.data.dataset import collate
-        from lgrnet.data.transforms import canvas_to_original
-
-        batch = collate([p.item for p in prepared]).to(self.device)
-        with self._autocast():
+    def _forward(self, prepared: list[ProcessedSample], attention: bool) -> list[Prediction]:
+        inputs = self.processor.collate(prepared)
+        batch = inputs.batch.to(self.device)
+        with autocast(self.device, self.precision):
             out = self.model(batch.images, batch.image_mask, batch.input_ids, batch.attention_mask,
                              output_attentions=attention)
-        # [B, 4] xyxy original pixels, clamped to the image: the engine's evaluation mapping.
-        boxes = canvas_to_original(out.pred_boxes.float().cpu().clamp(0.0, 1.0), batch.meta, clamp=True)
-        if out.coord is not None:
-            coords = out.coord.float().cpu().reshape(len(prepared), -1)[:, :2]  # [B, 2] (x, y) / S on the canvas
-        else:  # coord_embed "none": no coordinate branch, report the box centre instead
-            coords = out.pred_boxes.float().cpu()[:, :2]
+        # Without a coordinate branch (coord_embed "none") the box centre stands in for the coordinate.
+        coords = out.coord if out.coord is not None else out.pred_boxes[:, :2]
+        boxes, points = self.processor.post_process(out.pred_boxes, inputs.letterboxes, coords)
         results = []
-        for i, item in enumerate(prepared):
-            width, height = item.letterbox.original_size
+        for i, letterbox in enumerate(inputs.letterboxes):
+            width, height = letterbox.original_size
             box = tuple(float(v) for v in boxes[i])
-            px, py = item.letterbox.canvas_to_original_xy(float(coords[i, 0]) * self.image_size,
-                                                          float(coords[i, 1]) * self.image_size)
-            point = (min(max(px, 0.0), float(width)), min(max(py, 0.0), float(height)))
+            point = (float(points[i, 0]), float(points[i, 1]))
             prediction = Prediction(
-                expression=item.item.meta.expression,
+                expression=batch.meta[i].expression,
                 image_size=(width, height),
                 box_xyxy=box,
                 box_normalized=(box[0] / width, box[1] / height, box[2] / width, box[3] / height),
                 coord=(point[0] / width, point[1] / height),
                 coord_xy=point,
-                letterbox=item.letterbox,
-                expression_truncated=item.truncated,
+                letterbox=letterbox,
+                expression_truncated=inputs.truncated[i],
             )
             if attention:
                 self._attach_attention(prediction, out, i, batch.input_ids[i], batch.attention_mask[i])
@@ -334,11 +289,6 @@ class Predictor(
         prediction.tokens = self.tokenizer.convert_ids_to_tokens(input_ids[:real].tolist())
         prediction.word_attention = [layer[i, :real].float().cpu().numpy() for layer in out.text_attention]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     @staticmethod
     def _raise_first(results: list[Prediction | LGRNetError]) -> list[Prediction]:
         for result in results:
@@ -353,35 +303,6 @@ class Predictor(
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers
-
-# Upper bound on expression length in characters; the model reads at most text.max_length word pieces anyway.
-MAX_EXPRESSION_CHARS = 10_000
-
-
-def check_expression(expression: object) -> str:
-    """The expression, stripped; DataError when it is not text, is empty or absurdly long."""
-    if not isinstance(expression, str):
-        raise DataError(f"expression: expected a string, got {type(expression).__name__}")
-    text = expression.strip()
-    if not text:
-        raise DataError("expression: empty (type a phrase describing one object)")
-    if len(text) > MAX_EXPRESSION_CHARS:
-        raise DataError(f"expression: {len(text):,} characters, above the limit of {MAX_EXPRESSION_CHARS:,}")
-    return text
-
-
-def _preview(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def resolve_checkpoint(path_or_hub_id: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A model folder, a training output folder (its checkpoints/best, else last), a shipped model name
-    (``synthref``) or a hub id downloaded with ``snapshot_download``
-    (:func:`lgrnet.model.registry.resolve_model`); CheckpointError otherwise."""
-    from lgrnet.model.registry import resolve_model
-
-    return resolve_model(path_or_hub_id, "checkpoint", **hub_kwargs)
-
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     """The requested device (default: CUDA when available), with a clear error for one this machine lacks."""
@@ -398,25 +319,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
             raise LGRNetError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise LGRNetError(f"device {device!r}: MPS is not available on this machine")
-    return resolved
-
-
-def _resolve_dtype(dtype: DTypeLike, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32). Weights stay fp32; autocast runs matmuls in the low precision."""
-    if dtype is None or dtype == torch.float32:
-        return None
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        resolved = _DTYPES[dtype.lower()]
-    else:
-        raise LGRNetError(f"dtype {dtype!r}: expected one of fp32, bf16, fp16")
-    if resolved is None:
-        return None
-    if resolved not in (torch.bfloat16, torch.float16):
-        raise LGRNetError(f"dtype {dtype!r}: expected one of fp32, bf16, fp16")
-    if resolved == torch.float16 and device.type == "cpu":
-        raise LGRNetError("dtype fp16: not supported on the CPU, use bf16 or fp32")
     return resolved
 
 
