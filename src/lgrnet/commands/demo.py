@@ -5,23 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from lgrnet.commands.options import add_precision_argument
+from lgrnet.commands.options import add_model_command
 from lgrnet.errors import LGRNetError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="web demo: upload an image, type an expression, see the box and the attention maps",
-        description="Serve the LGR-NET web demo (Gradio) for a trained checkpoint.",
-    )
-    parser.add_argument("--checkpoint", required=True,
-                        help="model folder (config.yaml + model.safetensors), training output folder, shipped "
-                        "model name (synthref) or hub id")
+    parser = add_model_command(subparsers, "demo",
+                               help="web demo: upload an image, type an expression, see the box and the attention maps",
+                               description="Serve the LGR-NET web demo (Gradio) for a trained checkpoint.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 

@@ -34,3 +34,17 @@ def add_precision_argument(parser: argparse.ArgumentParser, help: str = "fp32, o
     if old_dtype_name:
         parser.add_argument("--dtype", dest="precision", type=_precision, choices=PRECISIONS,
                             action=_DeprecatedDtype, help=argparse.SUPPRESS)
+
+
+
+def add_model_command(subparsers: argparse._SubParsersAction, name: str, help: str,
+                      description: str) -> argparse.ArgumentParser:
+    """The parser of a command that runs a model: ``--checkpoint`` (any reference
+    :func:`lgrnet.model.registry.resolve_model` takes), ``--device`` and ``--precision``."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.add_argument("--checkpoint", required=True,
+                        help="model folder (config.yaml + model.safetensors), training output folder, shipped "
+                        "model name (synthref) or hub id")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_precision_argument(parser)
+    return parser

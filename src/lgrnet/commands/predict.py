@@ -21,19 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lgrnet.commands.options import add_precision_argument
+from lgrnet.commands.options import add_model_command
 from lgrnet.errors import DataError, LGRNetError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "predict",
-        help="ground an expression in an image (or many, from a JSONL file)",
-        description="Ground a referring expression in an image with a trained LGR-NET checkpoint.",
-    )
-    parser.add_argument("--checkpoint", required=True,
-                        help="model folder (config.yaml + model.safetensors), training output folder, shipped "
-                        "model name (synthref) or hub id")
+    parser = add_model_command(subparsers, "predict",
+                               help="ground an expression in an image (or many, from a JSONL file)",
+                               description="Ground a referring expression in an image with a trained LGR-NET "
+                               "checkpoint.")
     single = parser.add_argument_group("one image")
     single.add_argument("--image", help="image file")
     single.add_argument("--text", help="the referring expression")
@@ -48,8 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many = parser.add_argument_group("many pairs")
     many.add_argument("--input", help="JSONL file of {\"image\": ..., \"expression\": ...} requests")
     many.add_argument("--output", help="JSONL file to write the predictions to")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    add_precision_argument(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (JSONL mode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (JSONL mode)")
     parser.set_defaults(func=run)
