@@ -65,6 +65,7 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
                         "expression": meta.expression,
                         "box": [round(v, 2) for v in pred_orig[i].tolist()],
                         "gt_box": list(meta.original_box) if meta.original_box is not None else None,
+                        "box_format": "xyxy",  # box and gt_box: (x1, y1, x2, y2) in original-image pixels
                         "iou": round(float(iou_o[i]), 5) if iou_o is not None else None,
                         "iou_canvas": round(float(iou_c[i]), 5),
                         "spatial": spatial[i],

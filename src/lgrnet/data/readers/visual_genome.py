@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lgrnet.data.coco import coco_image_id
 from lgrnet.data.records import Record
 from lgrnet.errors import DataError
 
@@ -90,9 +90,6 @@ class Exclusion:
                 f"COCO images of {names}")
 
 
-_COCO_NAME = re.compile(r"(?:^COCO_(?:train|val|test)20\d\d_|^)(\d{12})\.(?:jpg|jpeg|png)$", re.IGNORECASE)
-
-
 def coco_ids_of(split_file: str | Path) -> set[int]:
     """COCO image ids of the records of an evaluation split file (TransVG ``.pth`` or lgrnet ``.jsonl``)."""
     from lgrnet.data.readers.jsonl import read_jsonl
@@ -111,11 +108,11 @@ def coco_ids_of(split_file: str | Path) -> set[int]:
         raise DataError(f"{path}: data.exclude_images_of takes TransVG .pth or lgrnet .jsonl split files")
     ids = set()
     for record in records:
-        match = _COCO_NAME.search(Path(record.image).name)
-        if match is None:
+        coco_id = coco_image_id(record.image)
+        if coco_id is None:
             raise DataError(f"{path}: record {record.id} image {Path(record.image).name!r} is not a COCO file name; "
                             f"only COCO-based splits can be excluded from Visual Genome")
-        ids.add(int(match.group(1)))
+        ids.add(coco_id)
     return ids
 
 

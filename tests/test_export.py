@@ -1,0 +1,73 @@
+"""Prediction export: COCO results JSON and supervision.Detections, boxes converted by hand."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from lgrnet.data.coco import coco_image_id
+from lgrnet.errors import LGRNetError
+from lgrnet.inference.export import box_xyxy, to_coco_results, to_detections
+
+
+def test_coco_image_ids_from_file_names():
+    assert coco_image_id("data/COCO_train2014_000000000716.jpg") == 716
+    assert coco_image_id("COCO_val2014_000000581929.jpg") == 581929
+    assert coco_image_id("val2017/000000547144.jpg") == 547144
+    assert coco_image_id("9739.jpg") is None and coco_image_id("COCO_train2014_716.jpg") is None
+
+
+def test_coco_results_from_predict_and_eval_rows():
+    predict_row = {"line": 1, "id": "a", "image": "imgs/COCO_train2014_000000000154.jpg", "expression": "zebra",
+                   "box_xyxy": [11.98, 315.59, 361.06, 640.0], "box_normalized": [0.03, 0.49, 0.85, 1.0]}
+    eval_row = {"id": "unc/testB/3", "image": "/coco/COCO_train2014_000000000605.jpg", "expression": "bus",
+                "box": [10.0, 20.0, 40.0, 60.0], "box_format": "xyxy", "gt_box": [0, 0, 1, 1]}
+    own_id = {"image": "kitchen.jpg", "image_id": 42, "expression": "mug", "box": [1, 2, 3, 5]}
+    assert to_coco_results([predict_row, eval_row, own_id], category_id=7) == [
+        {"image_id": 154, "category_id": 7, "bbox": [11.98, 315.59, 349.08, 324.41], "score": 1.0,
+         "box_format": "xywh", "expression": "zebra", "id": "a"},
+        {"image_id": 605, "category_id": 7, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 1.0, "box_format": "xywh",
+         "expression": "bus", "id": "unc/testB/3"},
+        {"image_id": 42, "category_id": 7, "bbox": [1.0, 2.0, 2.0, 3.0], "score": 1.0, "box_format": "xywh",
+         "expression": "mug"},
+    ]
+
+
+def test_coco_results_refuse_what_they_cannot_say():
+    with pytest.raises(LGRNetError, match="prediction 0: image 'kitchen.jpg' is not a COCO file name"):
+        to_coco_results([{"image": "kitchen.jpg", "box": [1, 2, 3, 4]}])
+    with pytest.raises(LGRNetError, match="prediction 1: box_format 'xywh', expected 'xyxy'"):
+        to_coco_results([{"image_id": 1, "box": [1, 2, 3, 4]}, {"image_id": 1, "box": [1, 2, 3, 4],
+                                                                "box_format": "xywh"}])
+    with pytest.raises(LGRNetError, match="no box"):
+        box_xyxy({"image_id": 1})
+
+
+class FakeDetections:
+    """Stands in for supervision.Detections: keeps what it was built with."""
+
+    def __init__(self, xyxy, data):
+        self.xyxy, self.data = xyxy, data
+
+
+def test_detections_built_lazily(monkeypatch):
+    monkeypatch.setitem(sys.modules, "supervision", types.SimpleNamespace(Detections=FakeDetections))
+    prediction = types.SimpleNamespace(expression="left cup", box_xyxy=(1.0, 2.0, 30.5, 40.25))
+    detections = to_detections([prediction, {"expression": "plate", "box": [5, 6, 7, 8], "box_format": "xyxy"}])
+    assert detections.xyxy.dtype == np.float32
+    np.testing.assert_array_equal(detections.xyxy, [[1.0, 2.0, 30.5, 40.25], [5, 6, 7, 8]])
+    assert list(detections.data["expression"]) == ["left cup", "plate"]
+    assert to_detections([]).xyxy.shape == (0, 4)
+    monkeypatch.setitem(sys.modules, "supervision", None)  # not installed
+    with pytest.raises(LGRNetError, match="needs supervision: pip install supervision"):
+        to_detections([prediction])
+
+
+def test_detections_with_supervision_itself():
+    sv = pytest.importorskip("supervision")
+    detections = to_detections([{"expression": "dog", "box_xyxy": [1, 2, 3, 4]}])
+    assert isinstance(detections, sv.Detections) and len(detections) == 1
+    np.testing.assert_array_equal(detections.xyxy, [[1, 2, 3, 4]])
