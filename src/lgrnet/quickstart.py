@@ -115,11 +115,11 @@ def prepare_data(options: QuickstartOptions, say: Callable[[str], None]) -> Path
 
 def _fresh_model(options: QuickstartOptions) -> tuple[torch.nn.Module, Config]:
     from lgrnet.engine.distributed import seed_everything
-    from lgrnet.model.lgrnet import LGRNet
+    from lgrnet.model.builder import build_model
 
     config = load_config(options.config)
     seed_everything(options.seed, 0)
-    return LGRNet(config.model, config.loss), config
+    return build_model(config.model, config.loss), config
 
 
 def start_model(options: QuickstartOptions, say: Callable[[str], None]) -> _Start:

@@ -101,9 +101,9 @@ class TrainResult:
 
 
 def _model_parts(config: Config, info: DistInfo, resume_from: Path | None) -> nn.Module:
-    from lgrnet.model.lgrnet import LGRNet
+    from lgrnet.model.builder import build_model
 
-    model = LGRNet(config.model, config.loss)
+    model = build_model(config.model, config.loss)  # with the pretrained text encoder and backbone it names
     if resume_from is not None:
         _load_weights(model, resume_from)
     elif config.train.init_from:
@@ -117,19 +117,11 @@ def _model_parts(config: Config, info: DistInfo, resume_from: Path | None) -> nn
 
 
 def _load_weights(model: nn.Module, folder: Path) -> None:
-    """Load ``model.safetensors`` into an already built model (text weights may be absent when not saved)."""
-    from safetensors.torch import load_file
+    """Load the folder's ``model.safetensors`` into the built model, checked against it (text weights may be
+    absent when not saved)."""
+    from lgrnet.model.io import load_weights
 
-    path = folder / ckpt.MODEL_FILE
-    problem = ckpt.model_file_problem(path)
-    if problem is not None:
-        raise CheckpointError(f"checkpoint {folder}: {problem}")
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("text.")]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights(model, folder)
 
 
 def output_dir_problem(output_dir: Path) -> str | None:

@@ -1,7 +1,7 @@
 """LGR-NET model components (paper Fig. 2): extractors, TFE, TCA/TCF reasoning, prediction head, losses.
 
-``LGRNet``/``LGRNetOutput`` and the checkpoint folder helpers are imported lazily so that importing a submodule
-(e.g. ``lgrnet.model.qda``) stays light.
+``LGRNet``/``LGRNetOutput``, the builder (``build_model``: construct, then load the pretrained parts) and the model
+folder helpers are imported lazily so that importing a submodule (e.g. ``lgrnet.model.qda``) stays light.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any
 _LAZY = {
     "LGRNet": "lgrnet.model.lgrnet",
     "LGRNetOutput": "lgrnet.model.lgrnet",
+    "build_model": "lgrnet.model.builder",
     "save_model": "lgrnet.model.io",
     "load_model": "lgrnet.model.io",
+    "load_weights": "lgrnet.model.io",
 }
 
 __all__ = list(_LAZY)

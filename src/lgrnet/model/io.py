@@ -11,6 +11,7 @@ import copy
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from lgrnet.config import Config, ConfigError, load_config
 from lgrnet.errors import CheckpointError
@@ -51,41 +52,68 @@ def _read_model_folder(ref: str | Path, what: str, context: str = "") -> tuple[P
         raise CheckpointError(f"{context}{config_path}: {exc}") from None
 
 
-def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu", what: str = "model"):
-    """Load a model written by :func:`save_model`: a model folder, a training output folder, a shipped model name
-    (``synthref``) or a hub id (:func:`lgrnet.model.registry.resolve_model`; ``what`` names the argument in
-    errors). Returns ``(LGRNet in eval mode, Config)``."""
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor in the safetensors file ``path``, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
+
+
+def load_weights(model: nn.Module, folder: str | Path, fits: str = "the model") -> dict[str, torch.Tensor]:
+    """Load ``folder/model.safetensors`` into the built ``model`` after checking that it fits: the file holds every
+    key of the model's state dict (the text encoder's ``text.*`` may be left out as a whole, for a model saved
+    without them, see :func:`save_model`), no other key, and every tensor in the model's shape. Returns the file's
+    tensors. An absent or unreadable file, or one that does not fit, is a one-line :class:`CheckpointError` naming
+    the file and the first mismatching key (``fits`` names the model in it)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from lgrnet.model.lgrnet import LGRNet
-
-    folder, config = _read_model_folder(path_or_hub_id, what)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"model folder {folder}: missing {WEIGHTS_FILE}")
     try:
-        state = load_file(str(weights_path))
+        state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file: {exc}") from None
-
-    build = copy.deepcopy(config)
-    build.model.visual.checkpoint = None  # every visual weight comes from the file
-    text_saved = any(k.startswith(TEXT_PREFIX) for k in state)
-    if text_saved:
-        build.model.text.pretrained = False  # architecture only: the weights are in the file (no download)
-    model = LGRNet(build.model, build.loss)
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
     expected = model.state_dict()
+    text_saved = any(k.startswith(TEXT_PREFIX) for k in state)
     missing = [k for k in expected if k not in state and (text_saved or not k.startswith(TEXT_PREFIX))]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise CheckpointError(f"{weights_path} does not fit the model of {config_path}: "
-                              f"{len(missing)} missing keys (e.g. {missing[:3]}), "
-                              f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+        counts = [f"{len(keys)} {what} keys (first: {keys[0]})"
+                  for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise CheckpointError(f"{path} does not fit {fits}: {', '.join(counts)}")
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"{weights_path}: {len(wrong)} tensors have the wrong shape, e.g. {k}: "
-                              f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model")
+        raise CheckpointError(f"{path}: {len(wrong)} tensors have the wrong shape, first {k}: "
+                              f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in {fits}")
     model.load_state_dict(state, strict=False)
+    return state
+
+
+def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu", what: str = "model"):
+    """Load a model written by :func:`save_model`: a model folder, a training output folder, a shipped model name
+    (``synthref``) or a hub id (:func:`lgrnet.model.registry.resolve_model`; ``what`` names the argument in
+    errors). The model is built with the plain constructor and takes the folder's weights (:func:`load_weights`);
+    a text encoder saved without its weights takes the configured pretrained ones. Returns ``(LGRNet in eval
+    mode, Config)``."""
+    from lgrnet.model.lgrnet import LGRNet
+    from lgrnet.model.text import load_pretrained_text
+
+    folder, config = _read_model_folder(path_or_hub_id, what)
+    text_saved = any(k.startswith(TEXT_PREFIX) for k in _stored_shapes(folder / WEIGHTS_FILE))
+    build = copy.deepcopy(config)
+    if text_saved:
+        build.model.text.pretrained = False  # the architecture without asking the hub: the weights are in the file
+    model = LGRNet(build.model, build.loss)
+    load_weights(model, folder, fits=f"the model of {folder / CONFIG_FILE}")
+    if not text_saved and config.model.text.pretrained:
+        load_pretrained_text(model.text, config.model.text)
     return model.to(device).eval(), config
 
 
@@ -124,17 +152,13 @@ def _set_dotted(data: dict, dotted: str, value: object) -> None:
 def _weights_misfit(config: Config, weights_path: Path) -> str | None:
     """Why ``weights_path`` does not load into the model ``config`` describes (None: it does). The model is built
     on the meta device (no memory, no weights read) and compared with the file's header."""
-    from safetensors import safe_open
-
     from lgrnet.model.lgrnet import LGRNet
 
     build = copy.deepcopy(config)
-    build.model.text.pretrained = False  # architecture only
-    build.model.visual.checkpoint = None
+    build.model.text.pretrained = False  # the architecture without asking the hub
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in LGRNet(build.model, build.loss).state_dict().items()}
-    with safe_open(str(weights_path), "pt") as f:
-        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
+    stored = _stored_shapes(weights_path)
     text_saved = any(k.startswith(TEXT_PREFIX) for k in stored)
     for key, shape in expected.items():
         if key.startswith(TEXT_PREFIX) and not text_saved:

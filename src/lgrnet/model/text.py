@@ -11,6 +11,9 @@ Name resolution (:class:`~lgrnet.config.TextConfig`):
   MiniLM folder's vocabulary (the standard BERT uncased one). Used by tiny test models: no files, no network.
 * anything else: a hub id or a local folder, through ``AutoConfig``/``AutoModel``/``AutoTokenizer``;
   ``pretrained: false`` keeps the architecture and draws random weights.
+
+:class:`TextExtractor` builds the architecture only (random weights); with ``pretrained: true`` the model builder
+(:func:`lgrnet.model.builder.build_model`) then copies the pretrained weights in (:func:`load_pretrained_text`).
 """
 
 from __future__ import annotations
@@ -83,26 +86,43 @@ def build_text_config(cfg: TextConfig):
         raise LGRNetError(f"model.text.name={cfg.name!r}: cannot read the encoder config: {exc}") from None
 
 
+def _encoder_class(cfg: TextConfig, config: Any) -> type:
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        return MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise LGRNetError(f"model.text.name={cfg.name!r}: {type(config).__name__} has no transformers AutoModel") from None
+
+
 def _without_pooler(model_cls: type) -> dict[str, Any]:
     # The pooler is unused (spec section 2); not building it keeps every parameter trained (no DDP unused params).
     return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters else {}
 
 
 def build_text_encoder(cfg: TextConfig) -> nn.Module:
-    """The transformers encoder (pretrained weights or random, per `cfg.pretrained`), without a pooler."""
-    from transformers import AutoModel
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    """The transformers encoder's architecture with random weights, without a pooler; reads no weights.
 
+    With ``cfg.pretrained`` the random weights are placeholders for :func:`read_pretrained_text_encoder`'s, so they
+    are drawn from a forked generator: the rest of the model gets the same random init for a seed whether or not
+    the pretrained weights are loaded afterwards.
+    """
     config = build_text_config(cfg)
-    try:
-        model_cls = MODEL_MAPPING[type(config)]
-    except KeyError:
-        raise LGRNetError(f"model.text.name={cfg.name!r}: {type(config).__name__} has no transformers AutoModel") from None
-    extra = _without_pooler(model_cls)
+    model_cls = _encoder_class(cfg, config)
     if not cfg.pretrained:
-        return model_cls(config, **extra)
+        return model_cls(config, **_without_pooler(model_cls))
+    with torch.random.fork_rng(devices=[]):
+        return model_cls(config, **_without_pooler(model_cls))
+
+
+def read_pretrained_text_encoder(cfg: TextConfig) -> nn.Module:
+    """The pretrained encoder that ``cfg.name`` names, in fp32 and without a pooler (transformers'
+    ``from_pretrained``: its architecture is :func:`build_text_encoder`'s)."""
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    config = build_text_config(cfg)
+    extra = _without_pooler(_encoder_class(cfg, config))
     # transformers prints a load report and a progress bar on every load; the pooler it reports as unexpected is
     # left out on purpose. Report only what matters: weights the checkpoint did not have (left random).
     verbosity = hf_logging.get_verbosity()
@@ -125,6 +145,18 @@ def build_text_encoder(cfg: TextConfig) -> nn.Module:
     return model
 
 
+def load_pretrained_text(text: TextExtractor, cfg: TextConfig, pretrained: nn.Module | None = None) -> None:
+    """Copy the pretrained encoder's weights (``pretrained``, else :func:`read_pretrained_text_encoder`'s) into
+    ``text``, whose modules and parameter flags (frozen or not) stay as built."""
+    pretrained = read_pretrained_text_encoder(cfg) if pretrained is None else pretrained
+    try:
+        text.encoder.load_state_dict(pretrained.state_dict())
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise LGRNetError(f"model.text.name={cfg.name!r}: the pretrained weights do not fit the encoder ({first})"
+                          ) from None
+
+
 def build_tokenizer(cfg: TextConfig):
     """The tokenizer that matches the encoder (BERT uncased vocabulary for "", "minilm", bert-base-uncased)."""
     from transformers import AutoTokenizer
@@ -140,7 +172,9 @@ def build_tokenizer(cfg: TextConfig):
 
 
 class TextExtractor(nn.Module):
-    """BERT-family encoder -> (last-K mean token features, padding mask, raw [CLS])."""
+    """BERT-family encoder -> (last-K mean token features, padding mask, raw [CLS]).
+
+    Built with random weights; :func:`load_pretrained_text` gives it the pretrained ones."""
 
     def __init__(self, cfg: TextConfig) -> None:
         super().__init__()

@@ -25,8 +25,6 @@ train like one process of batch W x B.
 
 from __future__ import annotations
 
-import logging
-
 import timm
 import torch
 import torch.distributed as dist
@@ -34,10 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lgrnet.config import ConfigError, VisualConfig
+from lgrnet.model.checkpoints import LoadReport
 from lgrnet.model.qda import QueryDynamicAttention
 from lgrnet.model.swin import use_reference_window_order
-
-log = logging.getLogger(__name__)
 
 
 class SoftDownsampleNeck(nn.Module):
@@ -247,13 +244,9 @@ class VisualExtractor(nn.Module):
         self.stage_channels = channels
         self.stage_qda = _make_qda(channels, text_dim, cfg, init="trunc_normal" if cfg.kind == "swin" else "default")
         self.neck = SoftDownsampleNeck(channels, cfg.neck_channels, text_dim, cfg)
-        # Pretrained detector weights (spec 10), like the reference which loads them when the model is built.
-        self.checkpoint_report = None
-        if cfg.checkpoint:
-            from lgrnet.model.checkpoints import load_visual_checkpoint
-
-            self.checkpoint_report = load_visual_checkpoint(self, cfg.checkpoint)
-            (log.info if self.checkpoint_report.ok else log.warning)(self.checkpoint_report.summary())
+        # What loading the pretrained detector weights of ``cfg.checkpoint`` did (spec 10); the model builder
+        # (lgrnet.model.builder.build_model) loads them, the constructor reads no file.
+        self.checkpoint_report: LoadReport | None = None
 
     # ---------------------------------------------------------------------------------------------------------
     # Backbones
