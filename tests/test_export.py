@@ -71,3 +71,36 @@ def test_detections_with_supervision_itself():
     detections = to_detections([{"expression": "dog", "box_xyxy": [1, 2, 3, 4]}])
     assert isinstance(detections, sv.Detections) and len(detections) == 1
     np.testing.assert_array_equal(detections.xyxy, [[1, 2, 3, 4]])
+
+
+@pytest.mark.slow  # builds a tiny model folder (seconds to half a minute on a busy CPU)
+def test_predict_format_coco(checkpoint, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from lgrnet.cli import main
+
+    for name, colour in (("COCO_train2014_000000000154.jpg", (200, 30, 30)), ("kitchen.jpg", (30, 200, 30))):
+        Image.new("RGB", (64, 48), colour).save(tmp_path / name)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(json.dumps(r) for r in (
+        {"image": "COCO_train2014_000000000154.jpg", "expression": "red thing", "id": "a"},
+        {"image": "kitchen.jpg", "expression": "green thing", "image_id": 42},
+        {"image": "kitchen.jpg", "expression": "no id"},
+    )) + "\n")
+    common = ["predict", "--checkpoint", str(checkpoint), "--input", str(requests), "--no-progress",
+              "--device", "cpu"]
+    assert main([*common, "--output", str(tmp_path / "preds.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
+    assert main([*common, "--output", str(tmp_path / "results.json"), "--format", "coco"]) == 1  # one skipped
+    assert "requests.jsonl:3: skipped: image 'kitchen.jpg' is not a COCO file name" in capsys.readouterr().err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["image_id"], r["expression"], r["box_format"], r["score"]) for r in results] == [
+        (154, "red thing", "xywh", 1.0), (42, "green thing", "xywh", 1.0)]
+    for result, row in zip(results, rows):
+        x1, y1, x2, y2 = row["box_xyxy"]
+        assert result["bbox"] == [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+    assert main(["predict", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "kitchen.jpg"), "--text",
+                 "x", "--format", "coco"]) == 2
+    assert "--format coco goes with --input and --output" in capsys.readouterr().err

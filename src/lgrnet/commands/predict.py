@@ -8,6 +8,11 @@ Many pairs (one JSON object per line: ``{"image": "...", "expression": "..."}``,
 paths are taken relative to the JSONL file)::
 
     lgrnet predict --checkpoint CKPT --input requests.jsonl --output predictions.jsonl
+    lgrnet predict --checkpoint CKPT --input requests.jsonl --output results.json --format coco
+
+Boxes are (x1, y1, x2, y2) in pixels of the original image (``box_xyxy``). ``--format coco`` writes COCO detection
+results instead (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``, what pycocotools'
+``COCO.loadRes`` reads): the image id comes from a request's ``"image_id"`` or from a COCO file name.
 
 A bad line or image is reported on stderr with its line number and skipped; the other lines are still written.
 The exit status is 0 when every line was predicted, 1 when some were skipped, 2 on a fatal error.
@@ -44,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many = parser.add_argument_group("many pairs")
     many.add_argument("--input", help="JSONL file of {\"image\": ..., \"expression\": ...} requests")
     many.add_argument("--output", help="JSONL file to write the predictions to")
+    many.add_argument("--format", choices=("jsonl", "coco"), default="jsonl",
+                      help="jsonl: one prediction per line (box_xyxy pixels); coco: one COCO results JSON list "
+                           "(bbox x, y, w, h pixels, score 1.0) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (JSONL mode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (JSONL mode)")
     parser.set_defaults(func=run)
@@ -58,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise LGRNetError("--image and --text go together")
     if many and (args.input is None or args.output is None):
         raise LGRNetError("--input and --output go together")
+    if single and args.format != "jsonl":
+        raise LGRNetError(f"--format {args.format} goes with --input and --output")
     if args.batch_size < 1:
         raise LGRNetError(f"--batch-size must be at least 1, got {args.batch_size}")
     gt = _parse_box(args.gt) if args.gt else None
@@ -70,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                                           batch_size=args.batch_size)
     if single:
         return _run_single(predictor, args, gt, layers)
-    return _run_many(predictor, Path(args.input), Path(args.output), args.batch_size, not args.no_progress)
+    return _run_many(predictor, Path(args.input), Path(args.output), args.batch_size, not args.no_progress,
+                     args.format)
 
 
 def _check_paths(args: argparse.Namespace, single: bool) -> None:
@@ -149,11 +160,14 @@ def _read_requests(path: Path):
                 yield number, "missing \"expression\" (a string)"
                 continue
             image_path = Path(image) if Path(image).is_absolute() else base / image
-            yield number, {"id": request.get("id"), "image": image, "path": image_path, "expression": expression}
+            yield number, {"id": request.get("id"), "image": image, "path": image_path, "expression": expression,
+                           "image_id": request.get("image_id")}
 
 
-def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: bool) -> int:
+def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: bool, fmt: str = "jsonl") -> int:
     from tqdm import tqdm
+
+    from lgrnet.inference.export import to_coco_results
 
     with source.open("rb") as handle:
         total = sum(1 for line in handle if line.strip())
@@ -176,12 +190,20 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
                 report(number, str(result))
                 continue
             record = {"line": number, "id": request["id"], "image": request["image"], **result.to_dict()}
-            if predictor.caveat:
-                record["model_caveat"] = predictor.caveat
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if fmt == "coco":  # written as one list at the end
+                try:
+                    coco.extend(to_coco_results([{**record, "image_id": request["image_id"]}]))
+                except LGRNetError as exc:
+                    report(number, str(exc).removeprefix("prediction 0: "))
+                    continue
+            else:
+                if predictor.caveat:
+                    record["model_caveat"] = predictor.caveat
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
             written += 1
         bar.update(len(batch))
 
+    coco: list[dict[str, Any]] = []
     with target.open("w", encoding="utf-8") as out:
         batch: list[tuple[int, dict[str, Any]]] = []
         for number, request in _read_requests(source):
@@ -195,6 +217,8 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
                 batch = []
         if batch:
             flush(batch, out)
+        if fmt == "coco":
+            json.dump(coco, out)
     bar.close()
     print(f"lgrnet predict: wrote {written} predictions to {target}" + (f", skipped {skipped} lines" if skipped else ""),
           file=sys.stderr)
