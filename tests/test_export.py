@@ -49,8 +49,8 @@ def test_coco_results_refuse_what_they_cannot_say():
 class FakeDetections:
     """Stands in for supervision.Detections: keeps what it was built with."""
 
-    def __init__(self, xyxy, data):
-        self.xyxy, self.data = xyxy, data
+    def __init__(self, xyxy, class_id, data):
+        self.xyxy, self.class_id, self.data = xyxy, class_id, data
 
 
 def test_detections_built_lazily(monkeypatch):
@@ -60,6 +60,7 @@ def test_detections_built_lazily(monkeypatch):
     assert detections.xyxy.dtype == np.float32
     np.testing.assert_array_equal(detections.xyxy, [[1.0, 2.0, 30.5, 40.25], [5, 6, 7, 8]])
     assert list(detections.data["expression"]) == ["left cup", "plate"]
+    assert detections.class_id.tolist() == [0, 0]
     assert to_detections([]).xyxy.shape == (0, 4)
     monkeypatch.setitem(sys.modules, "supervision", None)  # not installed
     with pytest.raises(LGRNetError, match="needs supervision: pip install supervision"):

@@ -59,8 +59,9 @@ def to_coco_results(rows: Iterable[Mapping[str, Any]], category_id: int = 1) -> 
 
 def to_detections(predictions: Sequence[Any]):
     """A ``supervision.Detections`` of the predictions of one image (``Prediction`` objects or output rows):
-    ``xyxy`` in original pixels, the expressions in ``data["expression"]``, no confidence or class. Needs the
-    optional ``supervision`` package."""
+    ``xyxy`` in original pixels, the expressions in ``data["expression"]``, class 0 for every box (one class,
+    "the referred object", so that supervision's annotators colour them) and no confidence. Needs the optional
+    ``supervision`` package."""
     try:
         import supervision as sv
     except ImportError:
@@ -71,4 +72,5 @@ def to_detections(predictions: Sequence[Any]):
     boxes = np.array([box_xyxy(p, f"prediction {i}") for i, p in enumerate(predictions)],
                      dtype=np.float32).reshape(-1, 4)
     expressions = [p["expression"] if isinstance(p, Mapping) else p.expression for p in predictions]
-    return sv.Detections(xyxy=boxes, data={"expression": np.array(expressions, dtype=object)})
+    return sv.Detections(xyxy=boxes, class_id=np.zeros(len(boxes), dtype=int),
+                         data={"expression": np.array(expressions, dtype=object)})
