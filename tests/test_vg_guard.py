@@ -82,9 +82,10 @@ def test_bad_guard_inputs_are_one_line_errors(vg, tmp_path):
         read_visual_genome_excluding(vg, [UNC_TESTB])
 
 
-def test_load_records_guards_by_config_and_empty_list_is_the_reference(vg):
+def test_load_records_guards_by_config_and_empty_list_is_the_reference(vg, capsys):
     guarded = DataConfig(format="vg", root=str(vg.parent), image_root="/vg", exclude_images_of=[str(UNC_TESTB)])
     assert len(load_records(guarded, "train")) == 4
+    assert "lgrnet: Visual Genome: dropped 2 VG images (5 regions)" in capsys.readouterr().err
     reference = DataConfig(format="vg", root=str(vg.parent), image_root="/vg", exclude_images_of=[])
     assert len(load_records(reference, "train")) == 9
 

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-import logging
+import os
+import sys
 from pathlib import Path
 
 from lgrnet.data.readers.hf_parquet import read_hf_parquet
@@ -16,8 +17,6 @@ from lgrnet.data.readers.transvg import read_transvg
 from lgrnet.data.readers.visual_genome import read_visual_genome, read_visual_genome_excluding
 from lgrnet.data.records import Record
 from lgrnet.errors import DataError
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "load_records",
@@ -55,7 +54,8 @@ def load_records(data, split: str) -> list[Record]:  # data: lgrnet.config.DataC
         path = root / "region_descriptions.json" if root.is_dir() else root
         if data.exclude_images_of:
             records, exclusion = read_visual_genome_excluding(path, data.exclude_images_of, data.image_root)
-            log.info("Visual Genome: %s", exclusion.summary())
+            if int(os.environ.get("RANK", "0")) == 0:  # once per run, not once per DDP process
+                print(f"lgrnet: Visual Genome: {exclusion.summary()}", file=sys.stderr, flush=True)
         else:
             records = read_visual_genome(path, data.image_root)
     elif fmt == "hf-parquet":
