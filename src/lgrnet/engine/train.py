@@ -479,7 +479,8 @@ class Trainer:
         self._loop.save_s = time.monotonic() - t0
         return path
 
-
+    # ----------------------------------------------------------------------------------------------------------
+    # Time budget and validation
 
     def _stop_reason(self, reserve_s: float) -> str:
         tc = self.config.train
