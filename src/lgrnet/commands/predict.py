@@ -107,15 +107,16 @@ def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
     num_layers = int(predictor.config.model.num_layers)
     if layers is not None and max(layers) > num_layers:
         raise LGRNetError(f"--layers {args.layers}: the model has {num_layers} layers")
-    prediction = predictor.predict(args.image, args.text, attention=args.attention)
+    image = predictor.processor.load_image(args.image)  # decoded once, for the prediction and the picture
+    prediction = predictor.predict(image, args.text, attention=args.attention)
     if args.out:
         from lgrnet.inference.visualize import draw_prediction, render_figure, save_image
 
         if args.attention:
             chosen = [v - 1 for v in layers] if layers is not None else None
-            picture = render_figure(args.image, prediction, layers=chosen, ground_truth=gt)
+            picture = render_figure(image, prediction, layers=chosen, ground_truth=gt)
         else:  # the image as it is, so that the box's pixel coordinates are the printed ones
-            picture = draw_prediction(args.image, prediction, ground_truth=gt, caption=False)
+            picture = draw_prediction(image, prediction, ground_truth=gt, caption=False)
         save_image(picture, args.out)
     record = {"image": args.image, **prediction.to_dict(attention=args.attention)}
     if args.out:
