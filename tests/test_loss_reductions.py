@@ -1,14 +1,17 @@
 """Loss reductions on shapes where a wrong axis shows: the L1 loss on a batch of 3 (with 4 box coordinates a
 batch of 4 hides a sum over the wrong axis), unit-norm object embeddings along the feature axis of [B, D] and
-[N, B, D] states, and the criterion's float32 total for bfloat16 predictions (mixed precision)."""
+[N, B, D] states, the criterion's float32 total for bfloat16 predictions (mixed precision), and the alignment loss
+symmetric by default."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from lgrnet.config import LossConfig
-from lgrnet.model.losses import LGRNetCriterion, l1_loss
+from lgrnet.model.losses import LGRNetCriterion, alignment_loss, l1_loss
 
 
 def test_l1_sums_the_coordinates_and_averages_a_batch_of_three():
@@ -38,3 +41,14 @@ def test_criterion_total_is_float32_for_bfloat16_predictions():
     assert out["loss"].dtype == torch.float32
     expected = sum(l1_loss(b, target) + out[k] for b, k in zip(layer_boxes, ["giou_0", "giou"]))
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_alignment_loss_is_symmetric_unless_told_otherwise():
+    """Without `symmetric`, the mean of the object->sentence and sentence->object cross-entropies (spec 9)."""
+    obj = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    sent = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    # S = obj @ sent^T = [[0.6, 1.0], [0.8, 0.0]] (scale 1). Rows: -log softmax of the diagonal.
+    o2s = (-(0.6 - math.log(math.exp(0.6) + math.exp(1.0))) - (0.0 - math.log(math.exp(0.8) + 1.0))) / 2
+    s2o = (-(0.6 - math.log(math.exp(0.6) + math.exp(0.8))) - (0.0 - math.log(math.exp(1.0) + 1.0))) / 2
+    assert alignment_loss(obj, sent, torch.tensor(0.0)).item() == pytest.approx((o2s + s2o) / 2, rel=1e-6)
+    assert alignment_loss(obj, sent, torch.tensor(0.0), symmetric=False).item() == pytest.approx(o2s, rel=1e-6)
