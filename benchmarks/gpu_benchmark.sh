@@ -52,7 +52,7 @@ cat "$OUT/env.txt" | tee -a "$LOG"
 
 if [ "${LGRNET_BENCH_SMOKE:-0}" = 1 ]; then
   # Same steps on a tiny twin on the CPU: checks the script, not the numbers (no CUDA graphs on a CPU).
-  "$PY" -c "from lgrnet.config import tiny_twin; print(tiny_twin('lgrnet-swin-s').to_yaml())" >"$OUT/tiny.yaml"
+  "$PY" tests/tiny_configs.py lgrnet-swin-s >"$OUT/tiny.yaml"
   MODEL=(--config "$OUT/tiny.yaml" --device cpu)
   B1=1 B32=2 REP=(--warmup 1 --repeats 3 --train-repeats 2) GRAPHS=() LIMITS=(300 600 300)
 else

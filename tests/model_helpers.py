@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Iterator
 
 import torch
+from tiny_configs import tiny_twin
 
-from lgrnet.config import tiny_twin
 from lgrnet.model.lgrnet import LGRNet
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from script_helpers import load_module
+from tiny_configs import tiny_twin
 from torch import nn
 
 from lgrnet import benchmark as bench
@@ -19,7 +20,7 @@ from lgrnet.benchmark import runner
 from lgrnet.benchmark.measure import without_mask_skip_checks
 from lgrnet.benchmark.models import inference_inputs
 from lgrnet.cli import main
-from lgrnet.config import load_config, tiny_twin
+from lgrnet.config import load_config
 from lgrnet.errors import LGRNetError
 
 gpu_targets = load_module(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_targets.py")

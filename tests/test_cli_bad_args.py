@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from inference_helpers import make_tiny_checkpoint
 from PIL import Image
+from tiny_configs import tiny_twin
 
 from lgrnet.cli import COMMAND_MODULES, build_parser, main
-from lgrnet.config import load_config, tiny_twin
+from lgrnet.config import load_config
 
 
 @dataclass(frozen=True)

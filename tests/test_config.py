@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+from tiny_configs import tiny_twin
 
-from lgrnet.config import PRESETS, Config, ConfigError, load_config, tiny_twin
+from lgrnet.config import PRESETS, Config, ConfigError, load_config
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -24,9 +24,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_configs import TINY_TEXT, tiny_twin
 from torch import nn
 
-from lgrnet.config import TINY_TEXT, Config, load_config, tiny_twin
+from lgrnet.config import Config, load_config
 from lgrnet.engine.optim import build_optimizer
 from lgrnet.model.visual import (
     CrossProcessBatchNorm,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_configs import TINY_TEXT, tiny_twin
 
-from lgrnet.config import TINY_TEXT, Config, TrainConfig, load_config, tiny_twin
+from lgrnet.config import Config, TrainConfig, load_config
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.optim import cosine_horizon, time_budget_horizon
 from lgrnet.engine.train import NonFiniteLossError, train

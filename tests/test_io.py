@@ -8,8 +8,8 @@ import pytest
 import torch
 from model_helpers import make_inputs
 from safetensors.torch import load_file, save_file
+from tiny_configs import tiny_twin
 
-from lgrnet.config import tiny_twin
 from lgrnet.errors import CheckpointError
 from lgrnet.model.builder import build_model
 from lgrnet.model.io import load_model, load_weights, save_model

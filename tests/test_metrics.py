@@ -189,7 +189,9 @@ def split_file(tmp_path):
 
 
 def test_evaluate_split_reads_the_split_and_evaluates_it(split_file):
-    from lgrnet.config import load_config, tiny_twin
+    from tiny_configs import tiny_twin
+
+    from lgrnet.config import load_config
     from lgrnet.engine.evaluate import evaluate_split
     from lgrnet.errors import DataError
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 from script_helpers import load_script
+from tiny_configs import tiny_twin
 
 from lgrnet.cli import main
-from lgrnet.config import load_config, tiny_twin
+from lgrnet.config import load_config
 from lgrnet.engine.evaluate import check_recorded
 from lgrnet.model.registry import SHIPPED_MODEL_ENV
 from lgrnet.quickstart import EVAL_SPLITS, SHIPPED_MODEL_DIR, has_model

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 from model_helpers import make_inputs
+from tiny_configs import tiny_twin
 
-from lgrnet.config import load_config, tiny_twin
+from lgrnet.config import load_config
 from lgrnet.errors import CheckpointError
 from lgrnet.model.checkpoints import import_reference_checkpoint, reference_key
 from lgrnet.model.lgrnet import LGRNet

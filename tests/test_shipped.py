@@ -79,7 +79,8 @@ def test_local_folders_come_before_names(tmp_path, monkeypatch):
 
 
 def test_the_environment_variable_replaces_only_the_default_alias(tmp_path, monkeypatch):
-    from lgrnet.config import tiny_twin
+    from tiny_configs import tiny_twin
+
     from lgrnet.model.io import save_model
     from lgrnet.model.lgrnet import LGRNet
 

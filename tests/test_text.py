@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from script_helpers import load_module, load_script
+from tiny_configs import TINY_TEXT
 
-from lgrnet.config import TINY_TEXT, TextConfig
+from lgrnet.config import TextConfig
 from lgrnet.errors import LGRNetError
 from lgrnet.model.text import TextExtractor, build_text_config, build_tokenizer, load_pretrained_text
 

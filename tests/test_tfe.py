@@ -70,7 +70,8 @@ def test_sine_position_init_lets_the_coordinate_query_find_its_cell():
     """model.visual_pos_init=sine: the visual rows of the position table are the sine embedding of the cell
     centres, so the prediction token's TCA query (the sine embedding of its predicted point) has its largest dot
     product with the key of the cell holding that point, in every map; "normal" keeps N(0, 1) rows."""
-    from lgrnet.config import tiny_twin
+    from tiny_configs import tiny_twin
+
     from lgrnet.model.lgrnet import LGRNet, grid_sine_embedding
 
     config = tiny_twin("lgrnet-swin-s").model

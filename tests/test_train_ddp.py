@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 from test_engine import REPO, SMOKE, _env, assert_first_moments_agree, tiny
+from tiny_configs import TINY_TEXT
 
-from lgrnet.config import TINY_TEXT
 from lgrnet.engine.distributed import cleanup_distributed
 from lgrnet.engine.evaluate import evaluate
 from lgrnet.engine.train import Trainer

@@ -12,9 +12,9 @@ import pytest
 import torch
 from model_helpers import one_intraop_thread
 from test_engine import SMOKE, assert_first_moments_agree, tiny, weights
+from tiny_configs import TINY_TEXT
 
 from lgrnet.cli import main
-from lgrnet.config import TINY_TEXT
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.train import train
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_engine import SMOKE, assert_bitwise_equal, assert_first_moments_agree, tiny, weights
+from tiny_configs import TINY_TEXT, tiny_twin
 
 from lgrnet.cli import main
-from lgrnet.config import TINY_TEXT, TrainConfig, tiny_twin
+from lgrnet.config import TrainConfig
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.optim import build_optimizer
 from lgrnet.engine.train import train

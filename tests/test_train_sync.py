@@ -20,9 +20,10 @@ import pytest
 import torch
 from PIL import Image
 from test_engine import nan_loss_at_forward
+from tiny_configs import tiny_twin
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lgrnet.config import Config, load_config, tiny_twin
+from lgrnet.config import Config, load_config
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.logging import LossPosition, LossWindow
 from lgrnet.engine.train import NonFiniteLossError, Trainer

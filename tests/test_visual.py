@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_configs import tiny_twin
 
-from lgrnet.config import ConfigError, load_config, tiny_twin
+from lgrnet.config import ConfigError, load_config
 from lgrnet.model.swin import ReferenceOrderBlock
 from lgrnet.model.visual import VisualExtractor
 

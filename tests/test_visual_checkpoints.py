@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_configs import tiny_twin
 
-from lgrnet.config import load_config, tiny_twin
+from lgrnet.config import load_config
 from lgrnet.errors import CheckpointError
 from lgrnet.model.builder import build_model
 from lgrnet.model.checkpoints import (

@@ -1,10 +1,10 @@
 """LGR-NET: Language Guided Reasoning Network for referring expression comprehension."""
 
-from lgrnet.config import Config, ConfigError, load_config, tiny_twin
+from lgrnet.config import Config, ConfigError, load_config
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "LGRNet", "Predictor", "load_config", "tiny_twin", "__version__"]
+__all__ = ["Config", "ConfigError", "LGRNet", "Predictor", "load_config", "__version__"]
 
 
 def __getattr__(name: str):

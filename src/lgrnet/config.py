@@ -12,8 +12,6 @@ Presets (``load_config("lgrnet-swin-s")``):
 * ``lgrnet-tiny``: a small model that trains on a CPU in minutes (frozen offline MiniLM text encoder).
 * ``lgrnet-small``: ``lgrnet-tiny`` with a deeper, wider reasoning stack (6 layers of width 256); the shipped
   SynthRef model's size.
-
-Every preset has a "tiny twin" (:func:`tiny_twin`) with the same switches and miniature sizes, for tests.
 """
 
 from __future__ import annotations
@@ -452,44 +450,6 @@ PRESETS: dict[str, typing.Callable[[], dict[str, Any]]] = {
     "lgrnet-tiny": _tiny,
     "lgrnet-small": _small,
 }
-
-# Text encoder used by tiny twins: a 2-layer BERT built from a config, no files, random weights.
-TINY_TEXT = {
-    "name": "",
-    "pretrained": False,
-    "config_overrides": {
-        "vocab_size": 30522,
-        "hidden_size": 32,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    },
-    "freeze": False,
-    "save_weights": True,
-}
-
-
-def tiny_twin(preset: str) -> Config:
-    """The preset with every switch kept and every size shrunk (random weights, no downloads): for tests."""
-    config = load_config(preset)
-    data = config.to_dict()
-    model = data["model"]
-    model["text"] = copy.deepcopy(TINY_TEXT)
-    visual = model["visual"]
-    if visual["kind"] == "swin":
-        visual["timm_name"] = "swin_tiny_patch4_window7_224"
-        visual["timm_kwargs"] = {"embed_dim": 16, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 2, 4]}
-    else:
-        visual["timm_name"] = "resnet18"
-        visual["timm_kwargs"] = {}
-    visual.update({"qda_rank": 4, "qda_reduction": 4, "neck_channels": 32, "drop_path_rate": 0.0, "checkpoint": None})
-    model.update({"image_size": 128, "hidden_dim": 32, "num_heads": 4, "ffn_dim": 64, "num_layers": 2})
-    data["data"]["augment"]["scales"] = [128, 112, 96]
-    data["train"]["precision"] = "off"
-    data["name"] = f"{preset}-tiny-twin"
-    return _build(Config, data)
-
 
 def load_config(source: str | Path | dict[str, Any] | Config = "lgrnet-swin-s",
                 overrides: list[str] | None = None) -> Config:
