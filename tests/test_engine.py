@@ -282,6 +282,17 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(smo
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run", latest.path.name).values())
 
 
+def test_a_run_that_logged_keeps_its_folder_without_a_checkpoint(smoke_dir, tmp_path, monkeypatch):
+    """Only a run that failed before logging anything removes its folder: a non-finite loss after two logged steps
+    (no checkpoint yet) leaves metrics.jsonl with those two steps to read."""
+    nan_loss_at_forward(monkeypatch, 3)
+    with pytest.raises(NonFiniteLossError):
+        train(tiny(smoke_dir, "train.epochs=1"), tmp_path / "run", device="cpu")
+    assert ckpt.find_latest(tmp_path / "run") is None
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2]
+
+
 def test_missing_data_file_is_a_clear_error(tmp_path):
     config = tiny(tmp_path / "nowhere")
     with pytest.raises(DataError, match="nowhere"):

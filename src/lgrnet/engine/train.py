@@ -545,15 +545,16 @@ def train(config: Config, output_dir: str | Path, resume: str | None = None, dev
     """Train ``config`` into ``output_dir`` (``resume``: None, "auto" or a checkpoint path). ``start_time``
     (``time.monotonic()``) is where a wall-clock budget starts; default: now.
 
-    A run that fails before its first checkpoint (bad data, a bad config) removes the folders it created for its
-    output: they would hold nothing to resume or use."""
+    A run that fails before it has logged anything (bad data, a bad config) removes the folders it created for its
+    output: they would hold nothing to resume, use or read. Once a run has trained far enough to log, its folder
+    stays (``metrics.jsonl`` says how it went, e.g. up to a non-finite loss) even without a checkpoint."""
     output_dir = Path(output_dir)
     # Rank 0 creates the folder (the others may find it already there); the RANK that torchrun sets says which.
     created = _first_missing(output_dir) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         return Trainer(config, output_dir, resume, device, start_time).run()
     except BaseException:
-        if created is not None and ckpt.find_latest(output_dir) is None:
+        if created is not None and ckpt.find_latest(output_dir) is None and not (output_dir / "metrics.jsonl").exists():
             _remove_created(created, output_dir)
         raise
     finally:
