@@ -13,8 +13,9 @@ import torch
 from cli_helpers import one_line_error, run_cli_captured
 from tiny_configs import tiny_twin
 
-from lgrnet.config import explicit_keys, load_config, load_train_config
+from lgrnet.config import explicit_keys, load_config
 from lgrnet.errors import CheckpointError
+from lgrnet.model.io import load_train_config
 from lgrnet.model.registry import SHIPPED_MODEL_ENV, has_model, shipped_model_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -536,18 +536,3 @@ def explicit_keys(source: str | Path | dict[str, Any] | Config, overrides: list[
         dotted = dotted.strip()
         keys |= _leaf_keys(value, dotted) if isinstance(value, dict) and value else {dotted}
     return keys
-
-
-def load_train_config(source: str | Path | dict[str, Any] | Config = "lgrnet-swin-s",
-                      overrides: list[str] | None = None) -> Config:
-    """:func:`load_config` for a training run. When ``train.init_from`` names a model (a folder, a training output
-    folder, a shipped name such as ``synthref``), it is resolved to its local folder and the run's ``model``
-    section is that folder's, except for the ``model.*`` keys the user's YAML files or ``--set`` give on purpose
-    (:func:`explicit_keys`), which win; a setting that then does not fit the folder's weights is a one-line error
-    naming it (:func:`lgrnet.model.io.init_from_config`)."""
-    config = load_config(source, overrides)
-    if not config.train.init_from:
-        return config
-    from lgrnet.model.io import init_from_config
-
-    return init_from_config(config, explicit_keys(source, overrides))

@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()  # the wall-clock budget (train.time_limit_minutes) includes start-up
 
-    from lgrnet.config import load_train_config
     from lgrnet.engine.train import train
+    from lgrnet.model.io import load_train_config
 
     # train.init_from (a model folder or a shipped name such as synthref) gives the run its model architecture.
     config = load_train_config(args.config, args.overrides)

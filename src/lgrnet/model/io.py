@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lgrnet.config import Config, ConfigError, load_config
+from lgrnet.config import Config, ConfigError, explicit_keys, load_config
 from lgrnet.errors import CheckpointError
 from lgrnet.model.registry import CONFIG_FILE, WEIGHTS_FILE, resolve_model
 
@@ -206,3 +207,16 @@ def init_from_config(config: Config, explicit: set[str]) -> Config:
            else f"set {key} to the folder's value")
     raise CheckpointError(f"{what} {ref}: {key} is {theirs.get(key)!r} in the model folder but {now[key]!r} in the "
                           f"config ({misfit}); {fix}")
+
+
+def load_train_config(source: str | Path | dict[str, Any] | Config = "lgrnet-swin-s",
+                      overrides: list[str] | None = None) -> Config:
+    """:func:`load_config` for a training run. When ``train.init_from`` names a model (a folder, a training output
+    folder, a shipped name such as ``synthref``), it is resolved to its local folder and the run's ``model``
+    section is that folder's, except for the ``model.*`` keys the user's YAML files or ``--set`` give on purpose
+    (:func:`lgrnet.config.explicit_keys`), which win; a setting that then does not fit the folder's weights is a
+    one-line error naming it (:func:`init_from_config`)."""
+    config = load_config(source, overrides)
+    if not config.train.init_from:
+        return config
+    return init_from_config(config, explicit_keys(source, overrides))
