@@ -22,7 +22,8 @@ REAL_SMOKE = REPO_ROOT.parent / "shared" / "data" / "real_smoke"
 
 def make_tiny_checkpoint(folder: Path, preset: str = "lgrnet-swin-s", seed: int = 0) -> Path:
     """A tiny-twin LGR-NET with random weights saved as a model folder (config.yaml + model.safetensors)."""
-    from lgrnet import tiny_twin
+    from tiny_configs import tiny_twin
+
     from lgrnet.model.io import save_model
     from lgrnet.model.lgrnet import LGRNet
 

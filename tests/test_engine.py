@@ -30,24 +30,27 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def smoke_rows() -> list[dict]:
+    """The 30 real samples' manifest rows (../shared/data/real_smoke)."""
+    if not (SMOKE / "manifest.jsonl").is_file():
+        pytest.fail(f"{SMOKE} is missing: the tests need ../shared/data beside the checkout")
+    return [json.loads(line) for line in (SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def write_smoke_splits(out: Path, splits: dict[str, list[dict]]) -> Path:
+    """Each split's manifest rows as ``out/<split>.jsonl`` in the custom JSONL format (absolute image paths)."""
+    for name, rows in splits.items():
+        (out / f"{name}.jsonl").write_text("".join(
+            json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"], "box": r["bbox_xyxy"],
+                        "id": str(r["id"])}) + "\n" for r in rows))
+    return out
+
+
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
     """The 30 real samples as custom-format JSONL (read by the JSONL reader): train = all 30, val = 6 of them."""
-    if not (SMOKE / "manifest.jsonl").is_file():
-        pytest.fail(f"{SMOKE} is missing: the tests need ../shared/data beside the checkout")
-    rows = [json.loads(line) for line in (SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    out = tmp_path_factory.mktemp("smoke")
-
-    def write(name: str, subset: list[dict]) -> None:
-        with (out / name).open("w") as f:
-            for r in subset:
-                f.write(json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"],
-                                    "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n")
-
-    write("train.jsonl", rows)
-    write("val.jsonl", rows[::5])
-    write("all.jsonl", rows)
-    return out
+    rows = smoke_rows()
+    return write_smoke_splits(tmp_path_factory.mktemp("smoke"), {"train": rows, "val": rows[::5], "all": rows})
 
 
 def tiny(data_root: Path, *overrides: str) -> Config:

@@ -267,7 +267,8 @@ def test_save_pretrained_and_training_output_folder(predictor, image_path, tmp_p
 def test_round_trip_matches_engine_evaluation(tmp_path):
     """Train the tiny twin briefly with the engine, then evaluate the engine's checkpoint with the engine and load
     it with ``Predictor.from_pretrained``: the boxes (original pixels) are the same for the same samples."""
-    from lgrnet import tiny_twin
+    from tiny_configs import tiny_twin
+
     from lgrnet.engine.evaluate import evaluate_checkpoint
     from lgrnet.engine.train import train
 
@@ -302,7 +303,8 @@ def test_round_trip_matches_engine_evaluation(tmp_path):
 ])
 def test_other_model_variants(preset, overrides):
     """Paper variant, ResNet extractor, no coordinate branch (the box centre stands in) with two prediction tokens."""
-    from lgrnet import tiny_twin
+    from tiny_configs import tiny_twin
+
     from lgrnet.config import apply_overrides
     from lgrnet.model.lgrnet import LGRNet
 

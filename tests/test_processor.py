@@ -18,7 +18,7 @@ S = 128  # the tiny twin's canvas
 
 @pytest.fixture(scope="module")
 def processor() -> Processor:
-    from lgrnet import tiny_twin
+    from tiny_configs import tiny_twin
 
     config = tiny_twin("lgrnet-swin-s")
     assert config.model.image_size == S and config.model.text.max_length == 40

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from test_engine import REPO, SMOKE, _env, assert_first_moments_agree, tiny
+from test_engine import REPO, _env, assert_first_moments_agree, smoke_rows, tiny, write_smoke_splits
 from tiny_configs import TINY_TEXT
 
 from lgrnet.engine.distributed import cleanup_distributed
@@ -51,12 +51,8 @@ def test_ddp_accumulation_and_gathered_predictions_match_one_process(tmp_path):
     per-sample mean loss: LayerNorm only, no dropout, no alignment loss (its in-batch negatives couple the samples
     of a micro-batch). Then the 7 val records, split 4 + 3 over the ranks, come back on rank 0 in file order, each
     once, with the same boxes as one process computes."""
-    rows = [json.loads(line) for line in (SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    for name, subset in [("train", rows[:8]), ("val", rows[::4][:7])]:
-        with (tmp_path / f"{name}.jsonl").open("w") as f:
-            for r in subset:
-                f.write(json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"],
-                                    "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n")
+    rows = smoke_rows()
+    write_smoke_splits(tmp_path, {"train": rows[:8], "val": rows[::4][:7]})
     text = json.dumps(dict(TINY_TEXT["config_overrides"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     common = ["train.max_steps=1", "train.epochs=1", "train.eval_every=1000", "model.dropout=0.0", "loss.align=false",
               f"model.text.config_overrides={text}", "train.lr=1e-3"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from model_helpers import one_intraop_thread
-from test_engine import SMOKE, assert_first_moments_agree, tiny, weights
+from test_engine import assert_first_moments_agree, smoke_rows, tiny, weights, write_smoke_splits
 from tiny_configs import TINY_TEXT
 
 from lgrnet.cli import main
@@ -22,14 +22,8 @@ from lgrnet.engine.train import train
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """The real samples as JSONL splits: train (30), four (4), val (7)."""
-    rows = [json.loads(line) for line in (SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    out = tmp_path_factory.mktemp("precision")
-    for name, subset in [("train", rows), ("four", rows[:4]), ("val", rows[::4][:7])]:
-        with (out / f"{name}.jsonl").open("w") as f:
-            for r in subset:
-                f.write(json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"],
-                                    "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n")
-    return out
+    rows = smoke_rows()
+    return write_smoke_splits(tmp_path_factory.mktemp("precision"), {"train": rows, "four": rows[:4], "val": rows[::4][:7]})
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import SMOKE, assert_bitwise_equal, assert_first_moments_agree, tiny, weights
+from test_engine import (
+    assert_bitwise_equal,
+    assert_first_moments_agree,
+    smoke_rows,
+    tiny,
+    weights,
+    write_smoke_splits,
+)
 from tiny_configs import TINY_TEXT, tiny_twin
 
 from lgrnet.cli import main
@@ -32,14 +39,9 @@ NO_DROPOUT_TEXT = json.dumps(dict(TINY_TEXT["config_overrides"], hidden_dropout_
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """The real samples as JSONL splits: train (30), eight (8), four (4), val (7)."""
-    rows = [json.loads(line) for line in (SMOKE / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    out = tmp_path_factory.mktemp("state")
-    for name, subset in [("train", rows), ("eight", rows[:8]), ("four", rows[:4]), ("val", rows[::4][:7])]:
-        with (out / f"{name}.jsonl").open("w") as f:
-            for r in subset:
-                f.write(json.dumps({"image": str(SMOKE / r["image"]), "expression": r["expression"],
-                                    "box": r["bbox_xyxy"], "id": str(r["id"])}) + "\n")
-    return out
+    rows = smoke_rows()
+    return write_smoke_splits(tmp_path_factory.mktemp("state"),
+                              {"train": rows, "eight": rows[:8], "four": rows[:4], "val": rows[::4][:7]})
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
