@@ -206,6 +206,14 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("benchmark-train-repeats", ["benchmark", "--config", "{config}", "--train", "--train-repeats", "0"],
      ["--train-repeats"]),
     ("benchmark-text-length", ["benchmark", "--config", "{config}", "--text-length", "4096"], ["--text-length"]),
+    # serve (every case fails before a server would start)
+    ("serve-missing-checkpoint", ["serve", "--checkpoint", MISSING], [MISSING]),
+    ("serve-other-arch", ["serve", "--checkpoint", "{other}"], ["{other}"]),
+    ("serve-wrong-type", ["serve", "--checkpoint", "{ckpt}", "--port", "http"], ["--port", "http"]),
+    ("serve-port-range", ["serve", "--checkpoint", "{ckpt}", "--port", "70000"], ["--port", "70000"]),
+    ("serve-max-batch", ["serve", "--checkpoint", "{ckpt}", "--max-batch", "0"], ["--max-batch"]),
+    ("serve-missing-image-root", ["serve", "--checkpoint", "{ckpt}", "--image-root", MISSING],
+     ["--image-root", MISSING]),
 ]
 
 # Cases whose fix belongs to code outside the command modules this file's author could change: the reason names
