@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "predict",
     "demo",
     "benchmark",
+    "export",
     "serve",
 ]
 

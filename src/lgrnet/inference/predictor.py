@@ -33,6 +33,8 @@ from lgrnet.inference.processor import Letterbox, ProcessedSample, Processor
 from lgrnet.precision import autocast, autocast_dtype, normalize_precision
 
 DTypeLike = str | torch.dtype | None
+#: What runs the model: PyTorch (the default) or onnxruntime on a graph written by ``lgrnet export onnx``.
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -160,10 +162,19 @@ class Predictor(
         cache_dir: str | os.PathLike | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
+        backend: str = "torch",
         **kwargs: Any,
     ) -> Predictor:
         """Load a checkpoint folder (``config.yaml`` + ``model.safetensors``), a training output folder, a shipped
-        model name (``"synthref"``) or a hub id ("owner/name")."""
+        model name (``"synthref"``) or a hub id ("owner/name").
+
+        ``backend="onnxruntime"`` runs a graph written by ``lgrnet export onnx`` instead (``path_or_hub_id`` is the
+        .onnx file, or a folder holding one): the same processing and results, in the precision the graph was
+        exported in, on "cpu" (the default) or "cuda"; attention maps need the torch backend."""
+        if backend == "onnxruntime":
+            return cls._from_onnx(path_or_hub_id, device, dtype, **kwargs)
+        if backend != "torch":
+            raise LGRNetError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         from lgrnet.model.io import load_model
         from lgrnet.model.registry import caveat_for, resolve_model
 
@@ -175,6 +186,21 @@ class Predictor(
         return predictor
 
     @classmethod
+    def _from_onnx(cls, path: str | os.PathLike, device: str | torch.device | None, dtype: DTypeLike,
+                   **kwargs: Any) -> Predictor:
+        from lgrnet.inference.onnx import load_onnx
+
+        if normalize_precision(dtype, what="dtype") != "fp32":
+            raise LGRNetError(f"dtype {dtype!r}: the onnxruntime backend runs in the precision the graph was "
+                              "exported in (lgrnet export onnx --dtype)")
+        resolved = _resolve_device(device or "cpu")
+        loaded = load_onnx(path, resolved)
+        kwargs.setdefault("tokenizer", loaded.tokenizer)
+        predictor = cls(loaded.model, loaded.config, device=resolved, **kwargs)
+        predictor.caveat = loaded.caveat
+        return predictor
+
+    @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir: Any = None,
                          force_download: bool = False, local_files_only: bool = False, token: Any = None,
                          **model_kwargs: Any) -> Predictor:
@@ -183,8 +209,12 @@ class Predictor(
                                    local_files_only=local_files_only, **model_kwargs)
 
     def _save_pretrained(self, save_directory: Path) -> None:
+        from lgrnet.inference.onnx import OnnxGroundingModel
         from lgrnet.model.io import save_model
 
+        if isinstance(self.model, OnnxGroundingModel):
+            raise LGRNetError("an onnxruntime predictor has no PyTorch weights to save: copy the .onnx file and the "
+                              "files beside it")
         save_model(self.model, self.config, save_directory)
 
     # ----------------------------------------------------------------------------------------------------------
