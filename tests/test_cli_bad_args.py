@@ -214,6 +214,19 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("serve-max-batch", ["serve", "--checkpoint", "{ckpt}", "--max-batch", "0"], ["--max-batch"]),
     ("serve-missing-image-root", ["serve", "--checkpoint", "{ckpt}", "--image-root", MISSING],
      ["--image-root", MISSING]),
+    # export (every case fails before a model is traced)
+    ("export-missing-checkpoint", ["export", "onnx", "--checkpoint", MISSING, "--out", "{root}/e.onnx"], [MISSING]),
+    ("export-other-arch", ["export", "onnx", "--checkpoint", "{other}", "--out", "{root}/e.onnx"], ["{other}"]),
+    ("export-out-under-file", ["export", "onnx", "--checkpoint", "{ckpt}", "--out", "{file}/e.onnx"],
+     ["--out", "{file}"]),
+    ("export-out-not-onnx", ["export", "onnx", "--checkpoint", "{ckpt}", "--out", "{root}/e.pt"], ["--out", "e.pt"]),
+    ("export-wrong-type", ["export", "onnx", "--checkpoint", "{ckpt}", "--out", "{root}/e.onnx", "--opset", "new"],
+     ["--opset", "new"]),
+    ("export-opset-range", ["export", "onnx", "--checkpoint", "{ckpt}", "--out", "{root}/e.onnx", "--opset", "9"],
+     ["--opset", "9"]),
+    ("export-unknown-dtype", ["export", "onnx", "--checkpoint", "{ckpt}", "--out", "{root}/e.onnx", "--dtype",
+                              "bf16"], ["--dtype", "bf16"]),
+    ("export-unknown-format", ["export", "tflite", "--checkpoint", "{ckpt}"], ["tflite"]),
 ]
 
 # Cases whose fix belongs to code outside the command modules this file's author could change: the reason names
@@ -250,8 +263,8 @@ def test_every_command_is_covered():
     for case_id, args, _ in CASES:
         kinds[args[0]] |= {k for k in ("missing", "wrong-type", "other-arch", "under-file", "unknown-key")
                            if k in case_id}
-    loads_a_model = {"quickstart", "train", "eval", "predict", "demo"}
-    writes = {"quickstart", "data", "synth", "train", "eval", "predict", "benchmark"}
+    loads_a_model = {"quickstart", "train", "eval", "predict", "demo", "export"}
+    writes = {"quickstart", "data", "synth", "train", "eval", "predict", "benchmark", "export"}
     takes_config_keys = {"quickstart", "info", "train", "eval", "predict", "demo", "benchmark"}
     for command in listed:
         expected = {"wrong-type"} | ({"missing"} if command != "synth" else set())  # synth reads no file
