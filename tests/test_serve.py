@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -350,3 +353,23 @@ def test_limits_are_checked(tmp_path):
         ServerLimits(max_wait_ms=float("nan"))
     with pytest.raises(LGRNetError, match="--image-root"):
         ServerLimits(image_root=tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Load (slow): real servers on 127.0.0.1, the shipped model
+
+@pytest.mark.slow
+def test_load_batching_raises_throughput_without_errors(tmp_path):
+    """benchmarks/serve_load.py with 8 clients for 10 s per mode: no 5xx, every bad request a 4xx, every good one
+    a 200; batching serves more requests per second than --max-batch 1, and memory does not climb."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+    out = tmp_path / "load.json"
+    run = subprocess.run([sys.executable, str(script), "--clients", "8", "--seconds", "10", "--json", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    on, off = json.loads(out.read_text())["results"]
+    for result in (on, off):
+        assert result["server_errors"] == 0 and result["bad"] > 0 and result["bad_4xx"] == result["bad"]
+        assert result["rss_end_mb"] < result["rss_start_mb"] * 1.2, result
+    assert off["mean_batch_size"] == 1.0 and on["mean_batch_size"] > 1.5
+    assert on["requests_per_s"] > off["requests_per_s"]
