@@ -143,3 +143,23 @@ def test_write_creates_missing_parents_and_replaces_its_own_stale_temporary(tmp_
     assert _names(root) == ["last"] and _names(final) == ["COMPLETE", "config.yaml", "model.safetensors",
                                                          "training_state.pt"]
     assert ckpt.read_info(final).step == 2
+
+
+def test_passed_over_checkpoints_are_reported_through_resolve_resume(tmp_path):
+    """A folder marked complete whose weights are cut short, and one whose marker is not the JSON summary: both
+    are passed over, each reported once, by `--resume auto` and by `--resume <output folder>`; without a report
+    callback they are passed over silently."""
+    root = tmp_path / "run" / "checkpoints"
+    _write(root, "last", epoch=1, step=10)
+    cut = _write(root, "step-00000020", epoch=1, step=20, batch_in_epoch=3)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    garbled = _write(root, "step-00000030", epoch=1, step=30, batch_in_epoch=4)
+    (garbled / ckpt.MARKER).write_text("not json\n")
+    for resume, output_dir in [("auto", tmp_path / "run"), (str(tmp_path / "run"), tmp_path / "other")]:
+        notes: list[str] = []
+        assert ckpt.resolve_resume(resume, output_dir, notes.append).step == 10
+        assert sorted(notes) == [f"passed over checkpoint {cut}: model.safetensors is truncated: "
+                                 f"{weights.stat().st_size} bytes, its header describes {weights.stat().st_size + 1}",
+                                 f"passed over checkpoint {garbled}: unreadable marker"]
+    assert ckpt.find_latest(tmp_path / "run").step == 10

@@ -94,6 +94,7 @@ def test_cosine_horizon_is_all_epochs_or_max_steps_when_sooner():
     assert cosine_horizon(TrainConfig(epochs=3), steps_per_epoch=5) == 15
     assert cosine_horizon(TrainConfig(epochs=3, max_steps=7), steps_per_epoch=5) == 7
     assert cosine_horizon(TrainConfig(epochs=3, max_steps=20), steps_per_epoch=5) == 15
+    assert cosine_horizon(TrainConfig(epochs=3, max_steps=1), steps_per_epoch=5) == 1
     assert cosine_horizon(TrainConfig(epochs=3), steps_per_epoch=0) == 3  # an empty epoch counts as one step
 
 
