@@ -24,9 +24,8 @@ def build_random_model(config):
     from lgrnet.model.lgrnet import LGRNet
 
     config = copy.deepcopy(config)
-    # Architecture from the encoder's config only (from_pretrained cannot run on the meta device).
+    # The encoder's architecture without asking the hub (the constructor reads no weights).
     config.model.text.pretrained = False
-    config.model.visual.checkpoint = None
     with torch.device("meta"):
         return LGRNet(config.model, config.loss)
 
