@@ -4,7 +4,7 @@ from lgrnet.config import Config, ConfigError, load_config
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "LGRNet", "Predictor", "Processor", "load_config", "__version__"]
+__all__ = ["Config", "ConfigError", "LGRNet", "Predictor", "Processor", "build_model", "load_config", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from lgrnet.inference.predictor import Predictor
 
         return Predictor
+    if name == "build_model":
+        from lgrnet.model.builder import build_model
+
+        return build_model
     if name == "Processor":
         from lgrnet.inference.processor import Processor
 
