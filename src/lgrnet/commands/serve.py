@@ -16,6 +16,20 @@ from pathlib import Path
 from lgrnet.commands.options import add_model_command
 from lgrnet.errors import LGRNetError
 
+# (group, flag, type, help) of the flags that set a ServerLimits field of the same name.
+_LIMIT_FLAGS = [
+    ("batching", "--max-batch", int, "most expressions in one forward pass; 1 turns batching off"),
+    ("batching", "--max-wait-ms", float, "how long the first expression of a batch waits for others"),
+    ("batching", "--max-pending", int, "expressions waiting beyond which requests get 429"),
+    ("request limits", "--max-image-pixels", int, "largest image, width x height"),
+    ("request limits", "--max-expressions", int, "most expressions per request"),
+    ("request limits", "--max-expression-chars", int, "longest expression in characters"),
+]
+
+
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from lgrnet.serve.limits import MIB, ServerLimits  # torch-free
@@ -27,22 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    batching = parser.add_argument_group("batching")
-    batching.add_argument("--max-batch", type=int, default=defaults.max_batch,
-                          help="most expressions in one forward pass; 1 turns batching off (default: %(default)s)")
-    batching.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                          help="how long the first expression of a batch waits for others (default: %(default)s)")
-    batching.add_argument("--max-pending", type=int, default=defaults.max_pending,
-                          help="expressions waiting beyond which requests get 429 (default: %(default)s)")
-    limits = parser.add_argument_group("request limits")
+    groups = {name: parser.add_argument_group(name) for name in ("batching", "request limits")}
+    for group, flag, kind, text in _LIMIT_FLAGS:
+        groups[group].add_argument(flag, type=kind, default=getattr(defaults, _field(flag)),
+                                   help=f"{text} (default: %(default)s)")
+    limits = groups["request limits"]
     limits.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / MIB,
                         help="largest request body in MiB (default: %(default)s)")
-    limits.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
-                        help="largest image, width x height (default: %(default)s)")
-    limits.add_argument("--max-expressions", type=int, default=defaults.max_expressions,
-                        help="most expressions per request (default: %(default)s)")
-    limits.add_argument("--max-expression-chars", type=int, default=defaults.max_expression_chars,
-                        help="longest expression in characters (default: %(default)s)")
     limits.add_argument("--image-root", metavar="DIR",
                         help="let JSON requests name an image file under DIR (\"image_path\"); off by default")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
@@ -57,16 +62,9 @@ def run(args: argparse.Namespace) -> int:
         raise LGRNetError(f"--port {args.port}: expected 0-65535")
     if not args.max_body_mb > 0:
         raise LGRNetError(f"--max-body-mb must be above 0, got {args.max_body_mb}")
-    limits = ServerLimits(
-        max_body_bytes=max(int(args.max_body_mb * MIB), 1),
-        max_image_pixels=args.max_image_pixels,
-        max_expressions=args.max_expressions,
-        max_expression_chars=args.max_expression_chars,
-        max_pending=args.max_pending,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        image_root=Path(args.image_root) if args.image_root else None,
-    )
+    limits = ServerLimits(**{_field(flag): getattr(args, _field(flag)) for _, flag, _, _ in _LIMIT_FLAGS},
+                          max_body_bytes=max(int(args.max_body_mb * MIB), 1),
+                          image_root=Path(args.image_root) if args.image_root else None)
     try:
         import uvicorn
 

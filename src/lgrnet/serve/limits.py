@@ -50,4 +50,5 @@ class ServerLimits:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-").replace("-bytes", "-mb")
+    """The command-line flag of a field (the body limit's flag is in MiB, so it keeps its field name)."""
+    return name if name == "max_body_bytes" else "--" + name.replace("_", "-")
