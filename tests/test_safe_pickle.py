@@ -5,6 +5,7 @@ with a non-ASCII byte in torch's legacy stream."""
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import zipfile
@@ -14,10 +15,31 @@ import pytest
 import torch
 
 from lgrnet.data.readers import safe_load
+from lgrnet.data.readers.safe_pickle import RestrictedUnpickler
 from lgrnet.errors import DataError
 
 # torch/serialization.py's legacy stream: magic number, protocol version, sys-info dict, then the object.
 LEGACY_MAGIC, LEGACY_PROTOCOL = 0x1950A86A20F9469CFC6C, 1001
+
+
+@pytest.fixture(autouse=True)
+def fresh_allow_list(monkeypatch):
+    """The allow-list is built on first use and cached: each test here builds its own, so that every one of them
+    depends on it (a mutation tool that maps tests to the functions they run sees them all)."""
+    monkeypatch.setattr(RestrictedUnpickler, "_allowed", None)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_allowed_builtins_and_ordered_dict_round_trip(tmp_path, protocol):
+    """Protocol 2 names the builtins by their Python-2 module `__builtin__`, protocol 4 by `builtins`."""
+    value = {"s": {"a", "b"}, "f": frozenset({1}), "c": complex(1, 2), "sl": slice(1, 5, 2),
+             "o": collections.OrderedDict([("k", 1), ("j", 2)])}
+    data = pickle.dumps(value, protocol=protocol)
+    assert (b"__builtin__" in data) is (protocol == 2)
+    path = tmp_path / "values.p"
+    path.write_bytes(data)
+    out = safe_load(path)
+    assert out == value and type(out["o"]) is collections.OrderedDict and list(out["o"]) == ["k", "j"]
 
 
 @pytest.mark.parametrize("module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
