@@ -97,7 +97,11 @@ def check_expressions(values: list[Any], limits: ServerLimits) -> list[str]:
             raise ClientError(422, f"expression {number}: {len(value):,} characters, above the limit of "
                                    f"{limits.max_expression_chars:,}")
         try:
+            if isinstance(value, str):
+                value.encode("utf-8")  # JSON may carry lone surrogates, which no answer could echo back
             texts.append(check_expression(value))
+        except UnicodeEncodeError:
+            raise ClientError(422, f"expression {number}: not valid Unicode (a lone surrogate)") from None
         except DataError as exc:
             raise ClientError(422, f"expression {number}: {str(exc).removeprefix('expression: ')}") from None
     return texts
