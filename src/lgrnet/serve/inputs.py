@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -62,7 +63,8 @@ async def read_ground_request(request: Request, limits: ServerLimits) -> GroundR
     if media_type == "multipart/form-data":
         return await _read_form(request, limits)
     if media_type == "application/json":
-        return _read_json(await request.body(), limits)
+        # Parsing and base64-decoding up to the body limit takes a while: off the event loop.
+        return await run_in_threadpool(_read_json, await request.body(), limits)
     shown = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
     raise ClientError(415, f"{shown}: send multipart/form-data (fields image and expression) or application/json")
 
