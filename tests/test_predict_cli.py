@@ -33,6 +33,7 @@ def test_single_text_json_and_overlay(checkpoint, images, tmp_path, capsys):
 
     assert main(args + ["--json", "--out", str(out_png), "--attention", "--layers", "1,2", "--gt", "1,2,30,40"]) == 0
     record = json.loads(capsys.readouterr().out)
+    assert record["schema_version"] == 1  # the versioned layout the server answers with too
     assert len(record["box_xyxy"]) == 4 and len(record["coord"]) == 2
     x1, y1, x2, y2 = record["box_xyxy"]
     assert 0 <= x1 <= x2 <= 80 and 0 <= y1 <= y2 <= 50
@@ -135,6 +136,7 @@ def test_jsonl_skips_bad_lines_and_writes_the_rest(checkpoint, images, tmp_path,
     assert "wrote 3 predictions" in err and "skipped 6 lines" in err
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 6, 10] and [r["id"] for r in rows] == ["one", 7, None]
+    assert {r["schema_version"] for r in rows} == {1}
     assert rows[1]["expression"] == "the orange one"
     for row, size in zip(rows, [(80, 50), (40, 70), (40, 70)]):
         x1, y1, x2, y2 = row["box_xyxy"]

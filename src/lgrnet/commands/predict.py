@@ -104,6 +104,8 @@ def _check_paths(args: argparse.Namespace, single: bool) -> None:
 
 
 def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
+    from lgrnet.inference.predictor import PREDICTION_SCHEMA_VERSION
+
     num_layers = int(predictor.config.model.num_layers)
     if layers is not None and max(layers) > num_layers:
         raise LGRNetError(f"--layers {args.layers}: the model has {num_layers} layers")
@@ -118,7 +120,8 @@ def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
         else:  # the image as it is, so that the box's pixel coordinates are the printed ones
             picture = draw_prediction(image, prediction, ground_truth=gt, caption=False)
         save_image(picture, args.out)
-    record = {"image": args.image, **prediction.to_dict(attention=args.attention)}
+    record = {"schema_version": PREDICTION_SCHEMA_VERSION, "image": args.image,
+              **prediction.to_dict(attention=args.attention)}
     if args.out:
         record["overlay"] = args.out
     if predictor.caveat:
@@ -169,6 +172,7 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
     from tqdm import tqdm
 
     from lgrnet.inference.export import to_coco_results
+    from lgrnet.inference.predictor import PREDICTION_SCHEMA_VERSION
 
     with source.open("rb") as handle:
         total = sum(1 for line in handle if line.strip())
@@ -190,7 +194,8 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
             if isinstance(result, LGRNetError):
                 report(number, str(result))
                 continue
-            record = {"line": number, "id": request["id"], "image": request["image"], **result.to_dict()}
+            record = {"schema_version": PREDICTION_SCHEMA_VERSION, "line": number, "id": request["id"],
+                      "image": request["image"], **result.to_dict()}
             if fmt == "coco":  # written as one list at the end
                 try:
                     coco.extend(to_coco_results([{**record, "image_id": request["image_id"]}]))

@@ -35,6 +35,9 @@ from lgrnet.precision import autocast, autocast_dtype, normalize_precision
 DTypeLike = str | torch.dtype | None
 #: What runs the model: PyTorch (the default) or onnxruntime on a graph written by ``lgrnet export onnx``.
 BACKENDS = ("torch", "onnxruntime")
+#: Version of the prediction record layout that `lgrnet predict --json`, its batch output and the server write
+#: (Prediction.to_dict's fields); raised when a field changes meaning or goes away (new fields keep it).
+PREDICTION_SCHEMA_VERSION = 1
 
 
 @dataclass

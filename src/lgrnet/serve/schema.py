@@ -14,10 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from lgrnet.inference.predictor import PREDICTION_SCHEMA_VERSION as SCHEMA_VERSION
 from lgrnet.inference.predictor import Prediction
-
-#: Version of the response layout; raised when a field changes meaning or goes away (new fields keep it).
-SCHEMA_VERSION = 1
 
 
 def grounding_response(predictions: Sequence[Prediction], model_name: str, caveat: str | None) -> dict[str, Any]:
