@@ -377,3 +377,17 @@ def test_load_batching_raises_throughput_without_errors(tmp_path):
         assert result["rss_end_mb"] < result["rss_start_mb"] * 1.2, result
     assert off["mean_batch_size"] == 1.0 and on["mean_batch_size"] > 1.5
     assert on["requests_per_s"] > off["requests_per_s"]
+
+
+def test_serve_caps_malloc_arenas_unless_the_environment_does(monkeypatch):
+    """`lgrnet serve` caps glibc's arenas itself (its memory grew under batching without it), but never overrides
+    a MALLOC_ARENA_MAX the user set."""
+    import platform
+
+    from lgrnet.commands.serve import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert limit_malloc_arenas() is expected
