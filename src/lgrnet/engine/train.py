@@ -102,26 +102,16 @@ class TrainResult:
 
 def _model_parts(config: Config, info: DistInfo, resume_from: Path | None) -> nn.Module:
     from lgrnet.model.builder import build_model
+    from lgrnet.model.io import load_weights
 
     model = build_model(config.model, config.loss)  # with the pretrained text encoder and backbone it names
     if resume_from is not None:
-        _load_weights(model, resume_from)
+        load_weights(model, resume_from)
     elif config.train.init_from:
-        init = Path(config.train.init_from)
-        if not (init / "model.safetensors").is_file():
-            raise CheckpointError(f"train.init_from {init}: not a model folder (no model.safetensors)")
-        _load_weights(model, init)
+        load_weights(model, config.train.init_from)  # one-line CheckpointError naming the folder when it does not fit
         if info.is_main:
-            print(f"lgrnet train: initialised from {init}", flush=True)
+            print(f"lgrnet train: initialised from {config.train.init_from}", flush=True)
     return model.to(info.device)
-
-
-def _load_weights(model: nn.Module, folder: Path) -> None:
-    """Load the folder's ``model.safetensors`` into the built model, checked against it (text weights may be
-    absent when not saved)."""
-    from lgrnet.model.io import load_weights
-
-    load_weights(model, folder)
 
 
 def output_dir_problem(output_dir: Path) -> str | None:
