@@ -87,6 +87,28 @@ class VisualConfig:
 
 
 @dataclass
+class GrecConfig:
+    """Generalized REC head (beyond the paper; off in every preset): zero, one or many boxes with a score each.
+
+    ``num_queries`` prediction tokens, each with its own learned identity, predict a box and a target score; they
+    are matched one-to-one to the target set (Hungarian matching, DETR-style) for the box losses, and every token's
+    score is trained to say whether it was matched. Details and figures: docs/model.md.
+    """
+
+    enabled: bool = False
+    num_queries: int = 5
+    # A token's box counts as "found" when sigmoid(score) >= threshold; `lgrnet eval --sweep --save-threshold`
+    # stores the threshold that maximises Precision@(F1=1, IoU>=0.5) on an evaluation split.
+    threshold: float = 0.5
+    # Matching cost = match_score * (-p) + match_l1 * L1 + match_giou * (-GIoU) (DETR's weighting of its terms).
+    match_score: float = 2.0
+    match_l1: float = 5.0
+    match_giou: float = 2.0
+    # Score loss: binary cross-entropy on every token of every supervised layer (matched = 1, others = 0).
+    score_weight: float = 2.0
+
+
+@dataclass
 class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
@@ -120,6 +142,8 @@ class ModelConfig:
     # (ViT-style), so attention *values* carry position. Reference and paper: False (position only in queries
     # and keys, DETR-style), which leaves the box head to infer where the attended tokens are - slow from scratch.
     visual_pos_input: bool = False
+    # Generalized REC head (zero, one or many targets with a score each); off = the paper's single box.
+    grec: GrecConfig = field(default_factory=GrecConfig)
 
 
 @dataclass
@@ -136,6 +160,10 @@ class LossConfig:
     align_temperature: float = 0.07
     # Gather negatives across ranks for the alignment loss (reference: local batch only).
     align_gather: bool = False
+    # Supervision of the TFE coordinate point (beyond the paper; reference and paper: 0, the point is trained by no
+    # loss): weight of the L1 distance between the point and the target box centre (the nearest target's centre
+    # for a target set; no-target expressions add nothing).
+    coord_weight: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------------------
