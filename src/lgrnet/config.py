@@ -184,8 +184,9 @@ class AugmentConfig:
 
 
 #: The annotation formats the readers take: "transvg" split files, "refer" API files, "vg" region descriptions,
-#: "jsonl" custom data, "synth" SynthRef, "hf-parquet" RefCOCO/+/g parquet downloads from the Hugging Face hub.
-DataFormat = Literal["transvg", "refer", "vg", "jsonl", "synth", "hf-parquet"]
+#: "jsonl" custom data, "synth" SynthRef, "hf-parquet" RefCOCO/+/g parquet downloads from the Hugging Face hub,
+#: "grefcoco" the gRefCOCO release (grefs(unc).json + instances.json; zero, one or many targets per expression).
+DataFormat = Literal["transvg", "refer", "vg", "jsonl", "synth", "hf-parquet", "grefcoco"]
 DATA_FORMATS: tuple[str, ...] = typing.get_args(DataFormat)
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from lgrnet.data.readers.grefcoco import read_grefcoco
 from lgrnet.data.readers.hf_parquet import read_hf_parquet
 from lgrnet.data.readers.jsonl import read_jsonl, write_jsonl
 from lgrnet.data.readers.refer import read_refer
@@ -20,6 +21,7 @@ from lgrnet.errors import DataError
 
 __all__ = [
     "load_records",
+    "read_grefcoco",
     "read_hf_parquet",
     "read_jsonl",
     "read_refer",
@@ -42,6 +44,8 @@ def load_records(data, split: str) -> list[Record]:  # data: lgrnet.config.DataC
     * ``synth``: the SynthRef folder ``root`` holding ``<split>.jsonl``.
     * ``hf-parquet``: a Hugging Face parquet download (lmms-lab, jxu124 layouts) or one parquet file; embedded
       images are unpacked into ``image_root``.
+    * ``grefcoco``: ``<root>[/grefcoco]/grefs(<refer_split_by>).json`` + ``instances.json`` (the gRefCOCO
+      release), images under ``image_root``; records carry the whole target set (``Record.boxes``, maybe empty).
     """
     fmt, root = data.format, Path(data.root)
     if fmt == "transvg":
@@ -60,6 +64,8 @@ def load_records(data, split: str) -> list[Record]:  # data: lgrnet.config.DataC
             records = read_visual_genome(path, data.image_root)
     elif fmt == "hf-parquet":
         records = read_hf_parquet(root, data.dataset, split, data.image_root)
+    elif fmt == "grefcoco":
+        records = read_grefcoco(root, data.refer_split_by, split, data.image_root)
     elif fmt in ("jsonl", "synth"):
         if root.is_dir():
             path = root / f"{split}.jsonl"
