@@ -1,5 +1,7 @@
 """Referring-expression metrics (spec section 12): Acc@0.5, Acc@0.75, mean IoU, and Acc@0.5 split into spatial and
-non-spatial expressions (paper Table II), on the padded canvas as the reference computes them and in original pixels.
+non-spatial expressions (paper Table II), on the padded canvas as the reference computes them and in original pixels;
+and the generalized REC metrics of models with the GREC head (Precision@(F1=1, IoU>=0.5), N-acc, T-acc) with their
+score-threshold sweep.
 
 Reference rule: the predicted (cx, cy, w, h) box is converted to corners and clamped to [0, 1]; the ground truth
 is not clamped; IoU = inter / (union + 1e-16), so two degenerate (zero-area) boxes score 0; a hit iff IoU >= 0.5.
@@ -8,9 +10,11 @@ is not clamped; IoU = inter / (union + 1e-16), so two degenerate (zero-area) box
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, box_iou
 
 from lgrnet.engine.distributed import DistInfo, all_reduce_sum
 
@@ -106,3 +110,183 @@ class MetricAccumulator:
             "spatial_count": int(s["spatial_count"]),
             "non_spatial_count": int(s["non_spatial_count"]),
         }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generalized REC (gRefCOCO's definitions): zero, one or many target boxes, zero, one or many predicted boxes.
+# Boxes here are (x1, y1, x2, y2) in original-image pixels; a prediction is a token whose score >= the threshold.
+
+#: The IoU at which a prediction may match a target (inclusive: IoU exactly 0.5 matches).
+GREC_IOU = 0.5
+#: The score thresholds ``lgrnet eval --sweep`` tries: 0.05, 0.10, ..., 0.95.
+SWEEP_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+@dataclass(frozen=True)
+class GrecOutcome:
+    """One sample's one-to-one matching of predictions to targets at IoU >= 0.5: matched pairs are true
+    positives, unmatched predictions false positives, unmatched targets false negatives."""
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def f1(self) -> float:
+        """2TP / (2TP + FP + FN); a no-target sample without predictions (0 / 0) is a perfect 1."""
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else 1.0
+
+    @property
+    def correct(self) -> bool:
+        """F1 = 1: every target found once and nothing else predicted (a no-target sample: no prediction)."""
+        return self.fp == 0 and self.fn == 0
+
+
+def _as_boxes(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+    return torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+
+
+def _matched(allowed: torch.Tensor) -> int:
+    """The size of a maximum one-to-one matching in the boolean [P, T] matrix of allowed pairs."""
+    from scipy.optimize import linear_sum_assignment
+
+    if allowed.numel() == 0:
+        return 0
+    weights = allowed.double().numpy()
+    rows, cols = linear_sum_assignment(weights, maximize=True)
+    return int(weights[rows, cols].sum())
+
+
+def grec_match(predictions: torch.Tensor | Sequence[Sequence[float]],
+               targets: torch.Tensor | Sequence[Sequence[float]], iou_threshold: float = GREC_IOU) -> GrecOutcome:
+    """The outcome of ``predictions`` [P, 4] against ``targets`` [T, 4]: a maximum one-to-one matching of the
+    pairs with IoU >= ``iou_threshold`` (so that a target covered by two predictions counts one true positive and
+    one false positive, and no greedy order can lose a match)."""
+    predictions, targets = _as_boxes(predictions), _as_boxes(targets)
+    tp = _matched(box_iou(predictions, targets) >= iou_threshold)  # NaN (two zero-area boxes) is no match
+    return GrecOutcome(tp=tp, fp=len(predictions) - tp, fn=len(targets) - tp)
+
+
+def target_kind(num_targets: int) -> str:
+    """``none`` / ``single`` / ``multi`` by the size of a sample's target set."""
+    return "none" if num_targets == 0 else "single" if num_targets == 1 else "multi"
+
+
+@dataclass(frozen=True)
+class GrecSample:
+    """What GREC evaluation needs of one sample: every token's box [K, 4] and score [K] (a probability), the
+    target set [T, 4] (possibly empty), and the top box [4] that classic Acc@0.5 is measured on (default: the box of
+    the highest-scoring token). Boxes in one coordinate system (original-image pixels, x1y1x2y2)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    targets: torch.Tensor
+    top_box: torch.Tensor | None = None
+
+    def predictions(self, threshold: float) -> torch.Tensor:
+        """The boxes whose score is at least ``threshold`` (the rule :class:`GrecAccumulator` applies)."""
+        return _as_boxes(self.boxes)[torch.as_tensor(self.scores).reshape(-1) >= threshold]
+
+    def top(self) -> torch.Tensor:
+        if self.top_box is not None:
+            return _as_boxes(self.top_box)
+        return _as_boxes(self.boxes)[torch.as_tensor(self.scores).reshape(-1).argmax()].reshape(1, 4)
+
+
+# Per-threshold running counts; one float64 tensor [thresholds, fields] so one all_reduce covers all of them.
+_GREC_FIELDS = (
+    "count", "correct", "f1",
+    "single_count", "single_correct", "multi_count", "multi_correct", "none_count", "none_correct",
+    "target_count", "target_found", "single_top_hit50",
+)
+
+
+class GrecAccumulator:
+    """GREC counts of samples at several score thresholds at once (the sweep and the model's own threshold);
+    :meth:`compute` reduces them over ranks."""
+
+    def __init__(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> None:
+        self.thresholds = tuple(sorted({float(t) for t in thresholds}))
+        if not self.thresholds:
+            raise ValueError("GrecAccumulator needs at least one threshold")
+        self.sums = torch.zeros(len(self.thresholds), len(_GREC_FIELDS), dtype=torch.float64)
+
+    def _add(self, row: int, name: str, value: float) -> None:
+        self.sums[row, _GREC_FIELDS.index(name)] += value
+
+    def update(self, samples: Sequence[GrecSample]) -> None:
+        for sample in samples:
+            boxes, targets = _as_boxes(sample.boxes), _as_boxes(sample.targets)
+            scores = torch.as_tensor(sample.scores).reshape(-1)
+            kind = target_kind(len(targets))
+            top_hit = kind == "single" and bool(box_iou(sample.top(), targets)[0, 0] >= GREC_IOU)
+            allowed = box_iou(boxes, targets) >= GREC_IOU  # every token against every target, once
+            outcomes: dict[tuple[bool, ...], GrecOutcome] = {}  # thresholds that keep the same tokens agree
+            for row, threshold in enumerate(self.thresholds):
+                keep = scores >= threshold
+                key = tuple(keep.tolist())
+                if key not in outcomes:
+                    tp = _matched(allowed[keep])
+                    outcomes[key] = GrecOutcome(tp=tp, fp=int(keep.sum()) - tp, fn=len(targets) - tp)
+                outcome = outcomes[key]
+                self._add(row, "count", 1)
+                self._add(row, "correct", outcome.correct)
+                self._add(row, "f1", outcome.f1)
+                self._add(row, f"{kind}_count", 1)
+                self._add(row, f"{kind}_correct", outcome.correct)
+                if kind != "none":
+                    self._add(row, "target_count", 1)
+                    self._add(row, "target_found", outcome.tp + outcome.fp > 0)
+                self._add(row, "single_top_hit50", top_hit)
+
+    def compute(self, info: DistInfo | None = None) -> list[dict[str, float | int | None]]:
+        """One row per threshold (ascending), see :func:`grec_row`."""
+        sums = all_reduce_sum(self.sums, info) if info is not None else self.sums
+        return [grec_row(threshold, dict(zip(_GREC_FIELDS, row)))
+                for threshold, row in zip(self.thresholds, sums.tolist())]
+
+
+def grec_row(threshold: float, s: dict[str, float]) -> dict[str, float | int | None]:
+    """The GREC figures of counts ``s`` at ``threshold``, in percent: ``precision`` (Precision@(F1=1, IoU>=0.5)
+    over all samples), ``n_acc`` (no-target samples without a prediction), ``t_acc`` (target samples with at least
+    one prediction), ``single_acc50`` (classic Acc@0.5 of the top box on single-target samples), ``mean_f1``,
+    ``precision_single`` / ``precision_multi`` (Precision@(F1=1) of that kind), and the counts. A figure over no
+    sample is None; ``correct`` (the count of F1 = 1 samples) orders thresholds exactly."""
+
+    def pct(num: float, den: float) -> float | None:
+        return 100.0 * num / den if den > 0 else None
+
+    return {
+        "threshold": threshold,
+        "precision": pct(s["correct"], s["count"]),
+        "n_acc": pct(s["none_correct"], s["none_count"]),
+        "t_acc": pct(s["target_found"], s["target_count"]),
+        "single_acc50": pct(s["single_top_hit50"], s["single_count"]),
+        "mean_f1": pct(s["f1"], s["count"]),
+        "precision_single": pct(s["single_correct"], s["single_count"]),
+        "precision_multi": pct(s["multi_correct"], s["multi_count"]),
+        "correct": int(s["correct"]),
+        "count": int(s["count"]),
+        "single_count": int(s["single_count"]),
+        "multi_count": int(s["multi_count"]),
+        "none_count": int(s["none_count"]),
+    }
+
+
+def best_threshold(rows: Sequence[dict[str, Any]]) -> float:
+    """The threshold of the row with the most F1 = 1 samples (the highest Precision@(F1=1)); among equals, the one
+    closest to 0.5, and of two equally close the higher (fewer boxes claimed)."""
+    if not rows:
+        raise ValueError("best_threshold needs at least one row")
+    best = max(rows, key=lambda r: (r["correct"], -round(abs(r["threshold"] - 0.5), 9), r["threshold"]))
+    return float(best["threshold"])
+
+
+def grec_sweep(samples: Sequence[GrecSample], thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+               ) -> tuple[list[dict[str, float | int | None]], float]:
+    """The GREC figures of ``samples`` at every threshold (ascending) and the chosen one (:func:`best_threshold`)."""
+    acc = GrecAccumulator(thresholds)
+    acc.update(samples)
+    rows = acc.compute()
+    return rows, best_threshold(rows)
