@@ -173,18 +173,21 @@ def _candidates(scene: Scene, flt: dict) -> list[int]:
     return [i for i, o in enumerate(scene.objects) if matches_filter(o, flt)]
 
 
+def clearly_in_region(obj: SceneObject, scene: Scene, region: str, inside: bool) -> bool:
+    """True when ``obj``'s centre is inside (or outside) the region even if moved by 5% of the image's width
+    and height in any direction: nothing close to a region's border."""
+    mx, my = 0.05 * scene.width, 0.05 * scene.height
+    shifts = [(dx, dy) for dx in (-mx, 0, mx) for dy in (-my, 0, my)]
+    pts = [SceneObject(obj.shape, obj.color, obj.size, obj.scale, obj.cx + dx, obj.cy + dy, obj.box)
+           for dx, dy in shifts]
+    return all(_in_region(p, scene, region) == inside for p in pts)
+
+
 def _check_region(scene: Scene, cand: list[int], t: int, region: str) -> bool:
-    objs, mx, my = scene.objects, 0.05 * scene.width, 0.05 * scene.height
-
-    def clearly(o: SceneObject, inside: bool) -> bool:
-        # Move the point by the margin towards (inside=False) or away from (inside=True) the region's border.
-        shifts = [(dx, dy) for dx in (-mx, 0, mx) for dy in (-my, 0, my)]
-        pts = [SceneObject(o.shape, o.color, o.size, o.scale, o.cx + dx, o.cy + dy, o.box) for dx, dy in shifts]
-        return all(_in_region(p, scene, region) == inside for p in pts)
-
-    if not clearly(objs[t], True):
+    objs = scene.objects
+    if not clearly_in_region(objs[t], scene, region, True):
         return False
-    if not all(clearly(objs[i], False) for i in cand if i != t):
+    if not all(clearly_in_region(objs[i], scene, region, False) for i in cand if i != t):
         return False
     # "the circle on the left" also reads as a relative extreme: the target must be the extreme candidate.
     if region in ("left", "right", "top", "bottom"):
