@@ -172,98 +172,86 @@ def test_pickled_refs_are_read_when_no_json_is_there(tmp_path):
 
 
 def _drop(key):
-    def edit(refs):
+    def edit(refs, instances):
         del refs[1][key]
     return edit
 
 
 def _set(index, key, value):
-    def edit(refs):
+    def edit(refs, instances):
         refs[index][key] = value
     return edit
 
 
-def _edit_sentence(refs):
+def _set_bbox(bbox):
+    def edit(refs, instances):
+        instances["annotations"][0]["bbox"] = bbox
+    return edit
+
+
+def _edit_sentence(refs, instances):
     del refs[0]["sentences"][1]["sent_id"]
 
 
-def _blank_sentence(refs):
+def _blank_sentence(refs, instances):
     refs[0]["sentences"][0].update(sent="", raw="  ")
 
 
-def _duplicate_ref(refs):
+def _duplicate_ref(refs, instances):
     refs.append(copy.deepcopy(refs[0]))
 
 
-def _not_a_mapping(refs):
+def _not_a_mapping(refs, instances):
     refs.insert(1, ["not", "a", "ref"])
 
 
-BAD_REFS = {
-    "missing ann_id": (_drop("ann_id"), r"ref 2 has no ann_id"),
-    "missing sentences": (_drop("sentences"), r"ref 2 has no sentences"),
-    "missing split": (_drop("split"), r"ref 2 has no split"),
-    "missing ref_id": (_drop("ref_id"), r"ref #1 has no ref_id"),
-    "not a mapping": (_not_a_mapping, r"ref #1 is a list, not a mapping"),
-    "unknown annotation": (_set(0, "ann_id", [999]), r"ref 1 names annotation 999, absent from .*instances\.json"),
-    "annotation of another image": (_set(0, "ann_id", [201]), r"ref 1 \(image 9\) names annotation 201 of image 25"),
-    "unknown image": (_set(0, "image_id", 77), r"ref 1 names image 77, absent from .*instances\.json"),
-    "no-target ref with boxes": (_set(2, "ann_id", [201]), r"ref 3 is marked no_target but names annotations \[201\]"),
-    "target ref without boxes": (_set(0, "ann_id", [-1]), r"ref 1 names no target annotation .* not marked no_target"),
-    "empty target list": (_set(0, "ann_id", []), r"ref 1 names no target annotation"),
-    "-1 beside annotations": (_set(1, "ann_id", [102, -1]), r"ref 2 mixes the no-target id -1 with annotations"),
-    "annotation twice": (_set(1, "ann_id", [101, 101]), r"ref 2 names an annotation twice"),
-    "ann_id not integers": (_set(0, "ann_id", ["101"]), r"ref 1: ann_id must be annotation ids"),
-    "no_target not a bool": (_set(2, "no_target", "yes"), r"ref 3: no_target must be true or false"),
-    "sentences not a list": (_set(0, "sentences", "left guy"), r"ref 1: sentences must be a list"),
-    "sentence without id": (_edit_sentence, r"ref 1: sentence #1 has no sent_id"),
-    "sentence without text": (_blank_sentence, r"ref 1: sentence 11 has no text"),
-    "duplicate ref id": (_duplicate_ref, r"ref 1 appears twice"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_REFS))
-def test_bad_refs_are_one_line_errors_naming_file_and_ref(tmp_path, case):
-    edit, message = BAD_REFS[case]
-    refs = _refs()
-    edit(refs)
-    _write(tmp_path, refs)
-    with pytest.raises(DataError, match=r"grefs\(unc\)\.json: " + message) as info:
-        read_grefcoco(tmp_path)
-    assert "\n" not in str(info.value)
-
-
-def _bad_bbox(instances):
-    instances["annotations"][0]["bbox"] = [10, 20, -3, 4]
-
-
-def _short_bbox(instances):
-    instances["annotations"][0]["bbox"] = [10, 20]
-
-
-def _no_annotations(instances):
+def _no_annotations(refs, instances):
     del instances["annotations"]
 
 
-def _no_file_name(instances):
+def _no_file_name(refs, instances):
     del instances["images"][1]["file_name"]
 
 
-BAD_INSTANCES = {
-    "negative width": (_bad_bbox, r"annotation 101 \(ref 1\) has an invalid bbox \[10, 20, -3, 4\]"),
-    "short bbox": (_short_bbox, r"annotation 101 \(ref 1\) has no x, y, w, h bbox"),
-    "no annotations": (_no_annotations, r"not a COCO instances file \(KeyError: 'annotations'\)"),
-    "image without file name": (_no_file_name, r"not a COCO instances file \(KeyError: 'file_name'\)"),
+REFS, INSTANCES = r"grefs\(unc\)\.json: ", r"instances\.json: "
+BAD_INPUT = {
+    "missing ann_id": (_drop("ann_id"), REFS + r"ref 2 has no ann_id"),
+    "missing sentences": (_drop("sentences"), REFS + r"ref 2 has no sentences"),
+    "missing split": (_drop("split"), REFS + r"ref 2 has no split"),
+    "missing ref_id": (_drop("ref_id"), REFS + r"ref #1 has no ref_id"),
+    "not a mapping": (_not_a_mapping, REFS + r"ref #1 is a list, not a mapping"),
+    "unknown annotation": (_set(0, "ann_id", [999]), REFS + r"ref 1 names annotation 999, absent from .*instances"),
+    "annotation of another image": (_set(0, "ann_id", [201]),
+                                    REFS + r"ref 1 \(image 9\) names annotation 201 of image 25"),
+    "unknown image": (_set(0, "image_id", 77), REFS + r"ref 1 names image 77, absent from .*instances\.json"),
+    "no-target ref with boxes": (_set(2, "ann_id", [201]),
+                                 REFS + r"ref 3 is marked no_target but names annotations \[201\]"),
+    "target ref without boxes": (_set(0, "ann_id", [-1]),
+                                 REFS + r"ref 1 names no target annotation .* not marked no_target"),
+    "empty target list": (_set(0, "ann_id", []), REFS + r"ref 1 names no target annotation"),
+    "-1 beside annotations": (_set(1, "ann_id", [102, -1]), REFS + r"ref 2 mixes the no-target id -1 with annotations"),
+    "annotation twice": (_set(1, "ann_id", [101, 101]), REFS + r"ref 2 names an annotation twice"),
+    "ann_id not integers": (_set(0, "ann_id", ["101"]), REFS + r"ref 1: ann_id must be annotation ids"),
+    "no_target not a bool": (_set(2, "no_target", "yes"), REFS + r"ref 3: no_target must be true or false"),
+    "sentences not a list": (_set(0, "sentences", "left guy"), REFS + r"ref 1: sentences must be a list"),
+    "sentence without id": (_edit_sentence, REFS + r"ref 1: sentence #1 has no sent_id"),
+    "sentence without text": (_blank_sentence, REFS + r"ref 1: sentence 11 has no text"),
+    "duplicate ref id": (_duplicate_ref, REFS + r"ref 1 appears twice"),
+    "negative width": (_set_bbox([10, 20, -3, 4]),
+                       INSTANCES + r"annotation 101 \(ref 1\) has an invalid bbox \[10, 20, -3, 4\]"),
+    "short bbox": (_set_bbox([10, 20]), INSTANCES + r"annotation 101 \(ref 1\) has no x, y, w, h bbox"),
+    "no annotations": (_no_annotations, INSTANCES + r"not a COCO instances file \(KeyError: 'annotations'\)"),
+    "image without file name": (_no_file_name, INSTANCES + r"not a COCO instances file \(KeyError: 'file_name'\)"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INSTANCES))
-def test_bad_instances_are_one_line_errors_naming_the_file(tmp_path, case):
-    edit, message = BAD_INSTANCES[case]
-    instances = {"images": copy.deepcopy(IMAGES), "annotations": copy.deepcopy(ANNOTATIONS)}
-    edit(instances)
-    _write(tmp_path, _refs(), instances)
-    with pytest.raises(DataError, match=r"instances\.json: " + message) as info:
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_a_one_line_error_naming_file_and_ref(tmp_path, case):
+    edit, message = BAD_INPUT[case]
+    refs, instances = _refs(), {"images": copy.deepcopy(IMAGES), "annotations": copy.deepcopy(ANNOTATIONS)}
+    edit(refs, instances)
+    _write(tmp_path, refs, instances)
+    with pytest.raises(DataError, match=message) as info:
         read_grefcoco(tmp_path)
     assert "\n" not in str(info.value)
 
