@@ -43,7 +43,7 @@ class ScriptedRandint:
 def run_crop(monkeypatch, size: tuple[int, int], box, windows: list[tuple[int, int, int, int]]):
     script = ScriptedRandint([v for left, top, w, h in windows for v in (w, h, left, top)])
     monkeypatch.setattr(random, "randint", script)
-    geo = _Geometry(Image.new("RGB", size), box)
+    geo = _Geometry(Image.new("RGB", size), [box])
     TrainTransform._random_crop(geo)
     return geo, script.calls
 
@@ -90,13 +90,13 @@ def test_crop_takes_the_first_window_that_holds_the_centre(monkeypatch, size, bo
     assert calls == expected_calls(size, tried)
     if taken is None:
         assert geo.size == size and (geo.dx, geo.dy) == (0.0, 0.0)
-        assert geo.box[0].tolist() == list(box)
+        assert geo.boxes[0].tolist() == list(box)
         return
     left, top, cw, ch = windows[taken]
     assert geo.size == (cw, ch) and (geo.dx, geo.dy) == (-left, -top)
     x1, y1, x2, y2 = box
     clipped = [max(x1, left) - left, max(y1, top) - top, min(x2, left + cw) - left, min(y2, top + ch) - top]
-    assert geo.box[0].tolist() == pytest.approx(clipped, abs=1e-9)
+    assert geo.boxes[0].tolist() == pytest.approx(clipped, abs=1e-9)
 
 
 def test_random_windows_against_the_rule(monkeypatch):
@@ -134,7 +134,7 @@ def test_random_windows_against_the_rule(monkeypatch):
     ((1, 1000), 100, None, (1, 100)),  # 1 x 100/1000 = 0.1 rounds to 0: at least one pixel
 ])
 def test_resizes_by_short_and_long_side(size, side, short, long):
-    by_short, by_long = _Geometry(Image.new("RGB", size), (0, 0, 1, 1)), _Geometry(Image.new("RGB", size), (0, 0, 1, 1))
+    by_short, by_long = _Geometry(Image.new("RGB", size), [(0, 0, 1, 1)]), _Geometry(Image.new("RGB", size), [(0, 0, 1, 1)])
     if short is not None:
         by_short.resize_short_side(side)
         assert by_short.size == short

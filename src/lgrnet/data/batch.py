@@ -19,6 +19,8 @@ class SampleMeta:
     offset: tuple[float, float]  # (dx, dy) in canvas pixels: canvas = original * scale + offset
     canvas_size: int
     original_box: tuple[float, float, float, float] | None = None  # x1y1x2y2 original pixels, when known
+    # The whole target set (x1y1x2y2 original pixels) of a generalized record (zero, one or many); None: classic.
+    original_boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
 
 @dataclass
@@ -29,6 +31,10 @@ class Batch:
     attention_mask: torch.Tensor  # [B, L] int64, 1 = real token
     boxes: torch.Tensor | None = None  # [B, 4] float32 (cx, cy, w, h) / S on the canvas
     meta: list[SampleMeta] = field(default_factory=list)
+    # Target sets, when a record of the batch has one: [B, T, 4] like ``boxes`` (T = the largest set, at least 1),
+    # and which of the T rows are real [B, T] bool (a no-target sample has none).
+    target_boxes: torch.Tensor | None = None
+    target_valid: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -55,6 +61,9 @@ class Batch:
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
         }
-        if self.boxes is not None:
+        if self.target_boxes is not None:
+            inputs["target_boxes"] = self.target_boxes
+            inputs["target_valid"] = self.target_valid
+        elif self.boxes is not None:
             inputs["target_boxes"] = self.boxes
         return inputs

@@ -35,10 +35,11 @@ class Item:
 
     image: torch.Tensor
     mask: torch.Tensor
-    box: torch.Tensor
+    box: torch.Tensor | None  # None for a no-target record
     input_ids: list[int]
     attention_mask: list[int]
     meta: SampleMeta
+    boxes: torch.Tensor | None = None  # [N, 4] the target set of a generalized record; None for a classic one
 
 
 class RECDataset(Dataset):
@@ -58,7 +59,10 @@ class RECDataset(Dataset):
     def __getitem__(self, index: int) -> Item:
         record = self.records[index]
         image = load_image(record.image, record_id=record.id)
-        sample = self.transform(image, record.expression, record.box)
+        if record.boxes is None:
+            sample = self.transform(image, record.expression, record.box)
+        else:
+            sample = self.transform(image, record.expression, boxes=record.boxes)
         ids, attn = tokenize(self.tokenizer, sample.expression, self.max_length, self.lowercase)
         meta = SampleMeta(
             id=record.id,
@@ -69,19 +73,31 @@ class RECDataset(Dataset):
             offset=sample.offset,
             canvas_size=sample.canvas_size,
             original_box=tuple(record.box),
+            original_boxes=record.boxes,
         )
-        return Item(sample.image, sample.mask, sample.box, ids, attn, meta)
+        return Item(sample.image, sample.mask, sample.box, ids, attn, meta, sample.boxes)
 
 
 def collate(items: Sequence[Item]) -> Batch:
-    """Stack items into a :class:`Batch` (spec 11.5): images [B,3,S,S], masks [B,S,S], ids/mask [B,L] int64."""
+    """Stack items into a :class:`Batch` (spec 11.5): images [B,3,S,S], masks [B,S,S], ids/mask [B,L] int64,
+    boxes [B,4]; when an item has a target set, also the padded sets [B,T,4] and their validity [B,T]."""
+    target_boxes = target_valid = None
+    if any(it.boxes is not None for it in items):
+        sets = [it.boxes if it.boxes is not None else it.box[None] for it in items]
+        target_boxes = torch.zeros(len(items), max(1, max(len(s) for s in sets)), 4)
+        target_valid = torch.zeros(target_boxes.shape[:2], dtype=torch.bool)
+        for i, boxes in enumerate(sets):
+            target_boxes[i, : len(boxes)] = boxes
+            target_valid[i, : len(boxes)] = True
     return Batch(
         images=torch.stack([it.image for it in items]),
         image_mask=torch.stack([it.mask for it in items]),
         input_ids=torch.tensor([it.input_ids for it in items], dtype=torch.int64),
         attention_mask=torch.tensor([it.attention_mask for it in items], dtype=torch.int64),
-        boxes=torch.stack([it.box for it in items]).float(),
+        boxes=torch.stack([it.box if it.box is not None else torch.zeros(4) for it in items]).float(),
         meta=[it.meta for it in items],
+        target_boxes=target_boxes,
+        target_valid=target_valid,
     )
 
 

@@ -1,8 +1,9 @@
 """Train and eval transforms (spec 11.3 / 11.4), the letterbox and its inverse.
 
-A transform takes ``(PIL RGB image, expression, box (x1, y1, x2, y2) original pixels)`` and returns a
-:class:`TransformedSample`: the ImageNet-normalised image letterboxed onto an S x S zero canvas, the padding mask
-(True = pad), the box as (cx, cy, w, h) / S on the canvas, the (possibly flipped) expression, and the affine map
+A transform takes ``(PIL RGB image, expression, box (x1, y1, x2, y2) original pixels)`` - or, for a generalized
+record, ``boxes=`` its target set of zero, one or many boxes - and returns a :class:`TransformedSample`: the
+ImageNet-normalised image letterboxed onto an S x S zero canvas, the padding mask (True = pad), the box(es) as
+(cx, cy, w, h) / S on the canvas, the (possibly flipped) expression, and the affine map
 ``canvas = original * scale + offset`` (per axis) that :func:`canvas_to_original` (boxes) and
 :func:`canvas_points_to_original` (points) invert. :class:`EvalTransform` also takes no box (inference).
 
@@ -48,16 +49,19 @@ class TransformedSample:
     offset: tuple[float, float]
     original_size: tuple[int, int]  # (w, h)
     canvas_size: int
+    # [N, 4] float32 (cx, cy, w, h) / S: the whole target set when one was given (``boxes=``), else None
+    boxes: torch.Tensor | None = None
 
 
 class _Geometry:
-    """The image, its box and the running affine map from original pixels to the current image."""
+    """The image, its box(es) (one row per box) and the running affine map from original pixels to the image."""
 
-    def __init__(self, image: Image.Image, box: Sequence[float] | None):
+    def __init__(self, image: Image.Image, boxes: Sequence[Sequence[float]] | None):
         self.image = image
         w, h = image.size
-        self.box = None if box is None else tv_tensors.BoundingBoxes(
-            torch.tensor([list(box)], dtype=torch.float64), format="XYXY", canvas_size=(h, w)
+        self.boxes = None if boxes is None else tv_tensors.BoundingBoxes(
+            torch.tensor([list(b) for b in boxes], dtype=torch.float64).reshape(-1, 4), format="XYXY",
+            canvas_size=(h, w)
         )
         self.sx, self.sy, self.dx, self.dy = 1.0, 1.0, 0.0, 0.0
 
@@ -70,8 +74,8 @@ class _Geometry:
         if (new_w, new_h) == (w, h):
             return
         self.image = F.resize(self.image, [new_h, new_w], interpolation=v2.InterpolationMode.BILINEAR)
-        if self.box is not None:
-            self.box = F.resize(self.box, [new_h, new_w])
+        if self.boxes is not None:
+            self.boxes = F.resize(self.boxes, [new_h, new_w])
         rx, ry = new_w / w, new_h / h
         self.sx, self.sy, self.dx, self.dy = self.sx * rx, self.sy * ry, self.dx * rx, self.dy * ry
 
@@ -87,13 +91,13 @@ class _Geometry:
 
     def crop(self, left: int, top: int, width: int, height: int) -> None:
         self.image = F.crop(self.image, top, left, height, width)
-        self.box = F.crop(self.box, top, left, height, width)  # shifts and clamps to the window
+        self.boxes = F.crop(self.boxes, top, left, height, width)  # shifts and clamps to the window
         self.dx, self.dy = self.dx - left, self.dy - top
 
     def hflip(self) -> None:
         w = self.image.size[0]
         self.image = F.horizontal_flip(self.image)
-        self.box = F.horizontal_flip(self.box)
+        self.boxes = F.horizontal_flip(self.boxes)
         self.sx, self.dx = -self.sx, w - self.dx
 
 
@@ -113,17 +117,28 @@ def _letterbox(geo: _Geometry, size: int, top: int, left: int
     mask = torch.ones(size, size, dtype=torch.bool)
     mask[top : top + h, left : left + w] = False
     geo.dx, geo.dy = geo.dx + left, geo.dy + top
-    if geo.box is None:
+    if geo.boxes is None:
         return canvas, mask, None
-    x1, y1, x2, y2 = geo.box[0].tolist()
-    x1, x2, y1, y2 = x1 + left, x2 + left, y1 + top, y2 + top
-    box = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float64) / size
-    return canvas, mask, box.float()
+    rows = []
+    for x1, y1, x2, y2 in geo.boxes.tolist():
+        x1, x2, y1, y2 = x1 + left, x2 + left, y1 + top, y2 + top
+        rows.append(torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dtype=torch.float64) / size)
+    return canvas, mask, torch.stack(rows).float() if rows else torch.zeros(0, 4)
 
 
-def _sample(geo: _Geometry, expression: str, canvas: torch.Tensor, mask: torch.Tensor, box: torch.Tensor | None,
-            original_size: tuple[int, int], size: int) -> TransformedSample:
-    return TransformedSample(canvas, mask, box, expression, (geo.sx, geo.sy), (geo.dx, geo.dy), original_size, size)
+def _sample(geo: _Geometry, expression: str, canvas: torch.Tensor, mask: torch.Tensor, boxes: torch.Tensor | None,
+            original_size: tuple[int, int], size: int, target_set: bool) -> TransformedSample:
+    """``boxes`` [N, 4] canvas boxes (None: none given); ``target_set``: they came as ``boxes=`` (keep them all)."""
+    box = None if boxes is None or len(boxes) == 0 else boxes[0]
+    return TransformedSample(canvas, mask, box, expression, (geo.sx, geo.sy), (geo.dx, geo.dy), original_size, size,
+                             boxes if target_set else None)
+
+
+def _geometry_boxes(box: Sequence[float] | None, boxes: Sequence[Sequence[float]] | None
+                    ) -> Sequence[Sequence[float]] | None:
+    if box is not None and boxes is not None:
+        raise ValueError("give a transform either box or boxes, not both")
+    return boxes if boxes is not None else None if box is None else [box]
 
 
 class EvalTransform:
@@ -133,14 +148,15 @@ class EvalTransform:
     def __init__(self, image_size: int):
         self.image_size = image_size
 
-    def __call__(self, image: Image.Image, expression: str, box: Sequence[float] | None = None) -> TransformedSample:
+    def __call__(self, image: Image.Image, expression: str, box: Sequence[float] | None = None,
+                 boxes: Sequence[Sequence[float]] | None = None) -> TransformedSample:
         original_size = image.size
-        geo = _Geometry(image, box)
+        geo = _Geometry(image, _geometry_boxes(box, boxes))
         geo.resize_long_side(self.image_size)
         w, h = geo.size
         top, left = (self.image_size - h) // 2, (self.image_size - w) // 2
-        canvas, mask, out_box = _letterbox(geo, self.image_size, top, left)
-        return _sample(geo, expression, canvas, mask, out_box, original_size, self.image_size)
+        canvas, mask, out_boxes = _letterbox(geo, self.image_size, top, left)
+        return _sample(geo, expression, canvas, mask, out_boxes, original_size, self.image_size, boxes is not None)
 
 
 class TrainTransform:
@@ -169,9 +185,10 @@ class TrainTransform:
             else None
         )
 
-    def __call__(self, image: Image.Image, expression: str, box: Sequence[float]) -> TransformedSample:
+    def __call__(self, image: Image.Image, expression: str, box: Sequence[float] | None = None,
+                 boxes: Sequence[Sequence[float]] | None = None) -> TransformedSample:
         original_size = image.size
-        geo = _Geometry(image, box)
+        geo = _Geometry(image, _geometry_boxes(box, boxes))
         if self.augment.crop and not is_spatial(expression, self.spatial_match) and random.random() < 0.5:
             geo.resize_short_side(random.choice(SHORT_SIDES))
             self._random_crop(geo)
@@ -188,25 +205,31 @@ class TrainTransform:
             top, left = random.randint(0, self.image_size - h), random.randint(0, self.image_size - w)
         else:
             top, left = (self.image_size - h) // 2, (self.image_size - w) // 2
-        canvas, mask, out_box = _letterbox(geo, self.image_size, top, left)
-        return _sample(geo, expression, canvas, mask, out_box, original_size, self.image_size)
+        canvas, mask, out_boxes = _letterbox(geo, self.image_size, top, left)
+        return _sample(geo, expression, canvas, mask, out_boxes, original_size, self.image_size, boxes is not None)
 
     @staticmethod
     def _random_crop(geo: _Geometry) -> None:
-        """RandomSizeCrop(384, 600) that keeps the target: the window must contain the box centre."""
+        """RandomSizeCrop(384, 600) that keeps the targets: the window must contain every box centre (and leave
+        each box a positive area). A no-target sample takes the first window drawn."""
         w, h = geo.size
-        x1, y1, x2, y2 = geo.box[0].tolist()
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        targets = geo.boxes.tolist()
         for _ in range(CROP_TRIES):
             cw = random.randint(min(CROP_MIN, w), min(w, CROP_MAX))
             ch = random.randint(min(CROP_MIN, h), min(h, CROP_MAX))
             left, top = random.randint(0, w - cw), random.randint(0, h - ch)
-            inside = left <= cx < left + cw and top <= cy < top + ch
-            clipped_w = min(x2, left + cw) - max(x1, left)
-            clipped_h = min(y2, top + ch) - max(y1, top)
-            if inside and clipped_w > 0 and clipped_h > 0:
+            if all(_keeps(box, left, top, cw, ch) for box in targets):
                 geo.crop(left, top, cw, ch)
                 return
+
+
+def _keeps(box: Sequence[float], left: int, top: int, width: int, height: int) -> bool:
+    """Whether a crop window contains the box centre (x against the left edge, y against the top) and leaves the box
+    a positive area."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    inside = left <= cx < left + width and top <= cy < top + height
+    return inside and min(x2, left + width) - max(x1, left) > 0 and min(y2, top + height) - max(y1, top) > 0
 
 
 def canvas_to_original(boxes: torch.Tensor, metas: Sequence[Any], clamp: bool = True) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from lgrnet.config import LossConfig, ModelConfig
 from lgrnet.errors import LGRNetError
+from lgrnet.model.grec import GrecCriterion, GrecTokens
 from lgrnet.model.head import PredictionHead, projection
 from lgrnet.model.losses import LGRNetCriterion
 from lgrnet.model.reasoning import ReasoningStack
@@ -28,7 +29,8 @@ from lgrnet.model.visual import VisualExtractor
 class LGRNetOutput:
     """What :meth:`LGRNet.forward` returns."""
 
-    pred_boxes: torch.Tensor  # [B, 4] (cx, cy, w, h) / S on the padded canvas, last layer
+    pred_boxes: torch.Tensor  # [B, 4] (cx, cy, w, h) / S on the padded canvas, last layer (generalized head: the
+    # box of the highest-scoring token)
     layer_boxes: torch.Tensor  # [N, B, 4] every reasoning layer (last = pred_boxes)
     coord: torch.Tensor | None  # [B, 2] (x, y) in [0, 1] from the TFE coordinate head; None if coord_embed="none"
     loss: torch.Tensor | None = None  # total loss when target boxes were given
@@ -36,6 +38,9 @@ class LGRNetOutput:
     visual_attention: torch.Tensor | None = None  # [N, B, Nv] prediction token -> visual tokens (TCA)
     text_attention: torch.Tensor | None = None  # [N, B, L] prediction token -> text tokens (TCF)
     token_shapes: list[tuple[int, int]] = field(default_factory=list)  # visual maps, e.g. [(20, 20), (10, 10)]
+    # Generalized head only (else None): every layer's box and target logit of each of the K tokens.
+    token_boxes: torch.Tensor | None = None  # [N, B, K, 4]
+    token_logits: torch.Tensor | None = None  # [N, B, K]; probability = sigmoid
 
 
 class LGRNet(nn.Module):
@@ -54,6 +59,14 @@ class LGRNet(nn.Module):
         d, p = config.hidden_dim, config.num_pred_tokens
         if p < 1:
             raise LGRNetError(f"model.num_pred_tokens must be >= 1, got {p}")
+        if config.grec.enabled:
+            if p != 1:
+                raise LGRNetError("model.grec replaces the pooled prediction tokens: keep model.num_pred_tokens 1 "
+                                  f"(got {p}) and set model.grec.num_queries")
+            if config.grec.num_queries < 1:
+                raise LGRNetError(f"model.grec.num_queries must be >= 1, got {config.grec.num_queries}")
+            p = config.grec.num_queries
+        self.num_tokens = p
         self.text = TextExtractor(config.text)
         text_dim = self.text.hidden_size
         self.visual = VisualExtractor(config.visual, text_dim=text_dim, image_size=config.image_size)
@@ -71,14 +84,20 @@ class LGRNet(nn.Module):
         self.pred_token = nn.Embedding(p, d) if config.pred_token == "learnable" else None
         self.reasoning = ReasoningStack(config)
         self.head = PredictionHead(d)
-        self.criterion = LGRNetCriterion(loss, d)
+        if config.grec.enabled:
+            self.grec = GrecTokens(config.grec, d)
+            self.criterion = GrecCriterion(loss, config.grec, d)
+        else:
+            self.grec = None
+            self.criterion = LGRNetCriterion(loss, d)
         if config.init == "xavier":
             self._xavier_init()
 
     def _xavier_init(self) -> None:
         """Paper: Xavier init of the fusion part (every Linear/attention matrix; position tables stay N(0, 1))."""
         for name, param in self.named_parameters():
-            if name.startswith(("text.", "visual.")) or param.dim() < 2 or "_pos." in name or "pred_token" in name:
+            if (name.startswith(("text.", "visual.", "grec.queries")) or param.dim() < 2 or "_pos." in name
+                    or "pred_token" in name):
                 continue
             nn.init.xavier_uniform_(param)
 
@@ -88,9 +107,10 @@ class LGRNet(nn.Module):
 
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, target_boxes: torch.Tensor | None = None,
-                output_attentions: bool = False) -> LGRNetOutput:
+                output_attentions: bool = False, target_valid: torch.Tensor | None = None) -> LGRNetOutput:
         """images [B,3,S,S], image_mask [B,S,S] bool (True = pad), input_ids/attention_mask [B,L] (1 = real),
-        target_boxes [B,4] (cx,cy,w,h)/S or None."""
+        target_boxes [B,4] (cx,cy,w,h)/S or None; or target sets [B,T,4] with target_valid [B,T] bool (which rows
+        are real; a classic model takes them only when every sample has exactly one)."""
         text = self.text(input_ids, attention_mask)
         vis_tokens, vis_mask = self.visual(images, image_mask.bool(), text.cls)
 
@@ -101,7 +121,7 @@ class LGRNet(nn.Module):
             coord_emb = self.tfe.coordinate_embedding(coord)
 
         b, num_text = input_ids.shape
-        p = self.config.num_pred_tokens
+        p = self.num_tokens
         if num_text > self.text_pos.num_embeddings:
             raise LGRNetError(f"text length {num_text} exceeds model.text.max_length={self.text_pos.num_embeddings}")
         if vis_tokens.shape[1] + p != self.visual_pos.num_embeddings:
@@ -114,6 +134,8 @@ class LGRNet(nn.Module):
             pred = x_vis.new_zeros(b, p, x_vis.shape[-1])
         else:
             pred = self.pred_token.weight[None].expand(b, -1, -1).to(x_vis.dtype)
+        if self.grec is not None:  # each token starts from its own identity
+            pred = pred + self.grec.queries.weight[None].to(x_vis.dtype)
         x = torch.cat((pred, x_vis), dim=1)
         mask = torch.cat((vis_mask.new_zeros(b, p), vis_mask), dim=1)
 
@@ -121,12 +143,42 @@ class LGRNet(nn.Module):
             x, mask, memory, text.pad_mask, self.visual_pos.weight, self.text_pos.weight[:num_text], coord_emb,
             output_attentions=output_attentions,
         )
+        if self.grec is not None:
+            return self._generalized_output(states, text.cls, coord, vis_attn, txt_attn, target_boxes, target_valid)
         layer_boxes = self.head(states)
         out = LGRNetOutput(pred_boxes=layer_boxes[-1], layer_boxes=layer_boxes, coord=coord,
                            visual_attention=vis_attn, text_attention=txt_attn, token_shapes=self.token_shapes)
         if target_boxes is not None:
+            if target_boxes.dim() == 3:
+                target_boxes = single_targets(target_boxes, target_valid)
             sentence = self.tfe.sentence_embedding(text.cls) if self.loss_config.align else None
-            out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence)
+            if self.loss_config.coord_weight > 0:
+                out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence, coord)
+            else:
+                out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence)
+            out.loss = out.loss_dict["loss"]
+        return out
+
+    def _generalized_output(self, states: torch.Tensor, cls: torch.Tensor, coord: torch.Tensor | None,
+                            vis_attn: torch.Tensor | None, txt_attn: torch.Tensor | None,
+                            target_boxes: torch.Tensor | None, target_valid: torch.Tensor | None) -> LGRNetOutput:
+        """states [N, B, K, D] -> every token's box and logit; the top token's box as the classic outputs."""
+        token_boxes = self.head(states)  # [N, B, K, 4]
+        token_logits = self.grec.scores(states)  # [N, B, K]
+        top = token_logits.argmax(dim=-1)  # [N, B]
+        layer_boxes = token_boxes.gather(2, top[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
+        out = LGRNetOutput(pred_boxes=layer_boxes[-1], layer_boxes=layer_boxes, coord=coord,
+                           visual_attention=vis_attn, text_attention=txt_attn, token_shapes=self.token_shapes,
+                           token_boxes=token_boxes, token_logits=token_logits)
+        if target_boxes is not None:
+            if target_boxes.dim() == 2:  # one target per sample
+                target_boxes = target_boxes[:, None]
+                target_valid = torch.ones(target_boxes.shape[:2], dtype=torch.bool, device=target_boxes.device)
+            elif target_valid is None:
+                raise LGRNetError("target sets [B, T, 4] need target_valid [B, T]")
+            sentence = self.tfe.sentence_embedding(cls) if self.loss_config.align else None
+            out.loss_dict = self.criterion.forward_sets(token_boxes, token_logits, target_boxes, target_valid,
+                                                        states, sentence, coord)
             out.loss = out.loss_dict["loss"]
         return out
 
@@ -145,6 +197,14 @@ class LGRNet(nn.Module):
                 return "neck_lateral"
             return "visual"
         return "rest"
+
+
+def single_targets(target_boxes: torch.Tensor, target_valid: torch.Tensor | None) -> torch.Tensor:
+    """Target sets [B, T, 4] -> [B, 4] for a classic model, which needs exactly one target per sample."""
+    if target_valid is not None and not bool((target_valid.sum(dim=1) == 1).all() and target_valid[:, 0].all()):
+        raise LGRNetError("this model predicts exactly one box, but the data has expressions with no target or "
+                          "several; train with model.grec.enabled=true (the generalized head) or classic data")
+    return target_boxes[:, 0]
 
 
 def grid_sine_embedding(shapes: list[tuple[int, int]], dim: int) -> torch.Tensor:
@@ -170,6 +230,7 @@ MODEL_PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("TCA/TCF layers", ("reasoning.layers.",)),
     ("shared final LayerNorm", ("reasoning.norm.",)),
     ("prediction head", ("head.",)),
+    ("generalized head (token identities, scores)", ("grec.",)),
     ("alignment (sentence/object proj., logit scale)", ("tfe.sentence_proj.", "criterion.")),
 ]
 

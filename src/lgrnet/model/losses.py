@@ -3,6 +3,8 @@
 * Box losses per reasoning layer: L1 on normalised (cx, cy, w, h), summed over the 4 coordinates and averaged over
   the batch, plus GIoU loss (torchvision), averaged over the batch. The last layer always counts; the others too
   with ``aux_loss``.
+* Optional coordinate loss (``coord_weight``, beyond the paper): L1 between the TFE coordinate point and the target
+  box centre; the reference trains that point by no loss.
 * Cross-modal alignment loss: InfoNCE between the prediction token's object embedding
   ``L2norm(object_proj(token))`` and the sentence embedding, with a learnable temperature ``exp(logit_scale)``
   (init ``ln(1/0.07)``). Symmetric (reference) or object->sentence only (paper), last layer (reference) or every
@@ -73,11 +75,23 @@ def alignment_loss(objects: torch.Tensor, sentences: torch.Tensor, logit_scale: 
     return loss
 
 
+def coord_loss(coord: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """L1 distance (x + y) between each expression's coordinate point [B, 2] and the nearest centre of its targets
+    [B, T, 4] (cx, cy, w, h), averaged over the expressions that have a target; 0 when none has."""
+    distance = (coord.float()[:, None] - targets[..., :2].float()).abs().sum(dim=-1)  # [B, T]
+    distance = distance.masked_fill(~valid, float("inf")).min(dim=1).values
+    has_target = valid.any(dim=1)
+    if not bool(has_target.any()):
+        return coord.float().sum() * 0.0
+    return distance[has_target].mean()
+
+
 class LGRNetCriterion(nn.Module):
     """Weighted sum of the box losses of every layer and the alignment loss; owns ``object_proj``/``logit_scale``.
 
     Loss-dict keys: ``l1``/``giou`` for the last layer, ``l1_{i}``/``giou_{i}`` for the earlier layers
-    (``aux_loss``), ``align`` (``align_{i}`` per earlier layer with ``align_all_layers``), and ``loss`` = total.
+    (``aux_loss``), ``align`` (``align_{i}`` per earlier layer with ``align_all_layers``), ``coord`` (with
+    ``coord_weight``), and ``loss`` = total.
     """
 
     def __init__(self, cfg: LossConfig, hidden_dim: int) -> None:
@@ -95,8 +109,9 @@ class LGRNetCriterion(nn.Module):
         return F.normalize(self.object_proj(states), dim=-1)
 
     def forward(self, layer_boxes: torch.Tensor, target_boxes: torch.Tensor, layer_states: torch.Tensor,
-                sentence_emb: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """layer_boxes [N, B, 4], target_boxes [B, 4], layer_states [N, B, D], sentence_emb [B, D] | None."""
+                sentence_emb: torch.Tensor | None, coord: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """layer_boxes [N, B, 4], target_boxes [B, 4], layer_states [N, B, D], sentence_emb [B, D] | None,
+        coord [B, 2] | None (the coordinate point, for ``coord_weight``)."""
         cfg = self.cfg
         n = layer_boxes.shape[0]
         losses: dict[str, torch.Tensor] = {}
@@ -112,5 +127,9 @@ class LGRNetCriterion(nn.Module):
                 losses[key] = alignment_loss(self.object_embeddings(layer_states[i]), sentence_emb,
                                              self.logit_scale, cfg.align_symmetric, cfg.align_gather)
                 total = total + cfg.align_weight * losses[key]
+        if cfg.coord_weight > 0 and coord is not None:
+            losses["coord"] = coord_loss(coord, target_boxes[:, None], target_boxes.new_ones(len(target_boxes), 1,
+                                                                                              dtype=torch.bool))
+            total = total + cfg.coord_weight * losses["coord"]
         losses["loss"] = total
         return losses

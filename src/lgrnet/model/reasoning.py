@@ -157,7 +157,9 @@ class ReasoningStack(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.num_pred = cfg.num_pred_tokens
+        # The generalized head keeps its K tokens apart; the classic model pools its P tokens into one state.
+        self.pool = not cfg.grec.enabled
+        self.num_pred = cfg.grec.num_queries if cfg.grec.enabled else cfg.num_pred_tokens
         self.coord_embed = cfg.coord_embed
         self.text_attends_image = cfg.text_attends_image
         self.layers = nn.ModuleList(
@@ -175,7 +177,8 @@ class ReasoningStack(nn.Module):
         ``last_layer_pred_only=False`` runs the last layer on the whole sequence too (same outputs, more work:
         the direct formulation, for checks and A/B timings).
 
-        Returns the normalised, P-mean-pooled prediction token of every layer [N, B, D], and when
+        Returns the normalised, P-mean-pooled prediction token of every layer [N, B, D] (generalized head: every
+        token [N, B, K, D], and the attention weights below are the mean over the K tokens), and when
         ``output_attentions`` the prediction token's head-averaged attention to the visual tokens [N, B, Nv] and
         to the text [N, B, L] (with ``text_attends_image`` the text columns of its TCA attention).
         """
@@ -193,7 +196,7 @@ class ReasoningStack(nn.Module):
             # Only the prediction rows of the last layer are read (below), so it computes only those rows.
             x, memory, sa_w, ca_w = layer(x, vis_mask, memory, text_mask, sa_pos, visual_pos, text_pos, coord_emb,
                                           p, output_attentions, pred_only=last_layer_pred_only and i == last)
-            states.append(self.norm(x[:, :p]).mean(dim=1))
+            states.append(self.norm(x[:, :p]).mean(dim=1) if self.pool else self.norm(x[:, :p]))
             if output_attentions:
                 vis_attn.append(sa_w[:, :, p:].mean(dim=1))
                 txt_attn.append(ca_w.mean(dim=1))
