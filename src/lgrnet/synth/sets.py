@@ -212,35 +212,51 @@ def _multi_relation(relations: Sequence[str]) -> Callable[[random.Random, Scene]
 # ---------------------------------------------------------------------------------------------------------------
 # No-target families: each returns (text, query, []) or None
 
-def _absent_attribute(rng: random.Random, scene: Scene) -> Result | None:
+def _absent_colour(rng: random.Random, scene: Scene) -> dict | None:
+    """A shape that is present, in a colour no object of that shape has (often a colour seen elsewhere)."""
     objs = scene.objects
-    strategy = rng.choice(("colour", "colour", "size", "shape"))
-    if strategy == "colour":
-        # A shape that is present, in a colour no object of that shape has (often a colour seen elsewhere).
-        shape = rng.choice(objs).shape
-        taken = {o.color for o in objs if o.shape == shape}
-        elsewhere = sorted({o.color for o in objs} - taken)
-        unseen = sorted(set(COLORS) - taken)
-        pool = elsewhere if elsewhere and rng.random() < 0.6 else unseen
-        flt = {"shape": shape, "color": rng.choice(pool), "size": None}
-    elif strategy == "size":
-        # "the large heart" only when every such heart is small (and the reverse): medium is never near enough.
-        obj = rng.choice(objs)
+    shape = rng.choice(objs).shape
+    taken = {o.color for o in objs if o.shape == shape}
+    elsewhere = sorted({o.color for o in objs} - taken)
+    unseen = sorted(set(COLORS) - taken)
+    pool = elsewhere if elsewhere and rng.random() < 0.6 else unseen
+    return {"shape": shape, "color": rng.choice(pool), "size": None}
+
+
+def _absent_size(rng: random.Random, scene: Scene) -> dict | None:
+    """'the large heart' only when every such heart is small (and the reverse): medium is never far enough."""
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    for obj in objs:
         if obj.size == "medium":
-            return None
+            continue
         color = obj.color if rng.random() < 0.4 else None
         alike = [o for o in objs if o.shape == obj.shape and (color is None or o.color == color)]
-        if any(o.size != obj.size for o in alike):
-            return None
-        flt = {"shape": obj.shape, "color": color, "size": "large" if obj.size == "small" else "small"}
-    else:
-        absent = sorted(set(SHAPES) - {o.shape for o in objs})
-        if not absent:
-            return None
-        color = rng.choice(sorted(COLORS)) if rng.random() < 0.5 else None
-        flt = {"shape": rng.choice(absent), "color": color, "size": None}
-    query = {"type": "attribute", "filter": flt}
-    return _attribute_text(rng, flt), query, []
+        if all(o.size == obj.size for o in alike):
+            return {"shape": obj.shape, "color": color, "size": "large" if obj.size == "small" else "small"}
+    return None
+
+
+def _absent_shape(rng: random.Random, scene: Scene) -> dict | None:
+    """A shape that is not in the scene, sometimes with a colour."""
+    absent = sorted(set(SHAPES) - {o.shape for o in scene.objects})
+    if not absent:
+        return None
+    color = rng.choice(sorted(COLORS)) if rng.random() < 0.5 else None
+    return {"shape": rng.choice(absent), "color": color, "size": None}
+
+
+ABSENCES: tuple[tuple[Callable[[random.Random, Scene], dict | None], float], ...] = (
+    (_absent_colour, 2.0), (_absent_size, 1.0), (_absent_shape, 1.0))
+
+
+def _absent_attribute(rng: random.Random, scene: Scene) -> Result | None:
+    for make, _ in sorted(ABSENCES, key=lambda a: -rng.random() ** (1.0 / a[1])):
+        flt = make(rng, scene)
+        if flt is not None:
+            query = {"type": "attribute", "filter": flt}
+            return _attribute_text(rng, flt), query, []
+    return None
 
 
 def _clearly_away(scene: Scene, i: int, region: str) -> bool:
