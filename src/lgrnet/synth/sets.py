@@ -146,6 +146,11 @@ def _multi_attribute(rng: random.Random, scene: Scene) -> Result | None:
         members = tuple(_candidates(scene, flt))
         if 2 <= len(members) <= MAX_SET:
             by_set.setdefault(members, []).append(flt)
+    # "all the shapes" / "both objects" (the whole of a small scene) only now and then.
+    named = {m: [f for f in fl if _specificity(f)] for m, fl in by_set.items()}
+    named = {m: fl for m, fl in named.items() if fl}
+    if named and rng.random() < 0.7:
+        by_set = named
     if not by_set:
         return None
     # A set size first, then a set of that size: scenes hold many more pairs than triples or quadruples.
