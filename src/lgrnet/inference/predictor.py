@@ -36,7 +36,8 @@ DTypeLike = str | torch.dtype | None
 #: What runs the model: PyTorch (the default) or onnxruntime on a graph written by ``lgrnet export onnx``.
 BACKENDS = ("torch", "onnxruntime")
 #: Version of the prediction record layout that `lgrnet predict --json`, its batch output and the server write
-#: (Prediction.to_dict's fields); raised when a field changes meaning or goes away (new fields keep it).
+#: (Prediction.to_dict's fields); raised when a field changes meaning or goes away (new fields keep it: `boxes`,
+#: `scores`, `found`, `threshold` and `coord_trained` joined version 1 with the generalized head).
 PREDICTION_SCHEMA_VERSION = 1
 
 
@@ -47,6 +48,15 @@ class Prediction:
     ``box_xyxy`` is in original-image pixels, ``box_normalized`` is it divided by (W, H, W, H); ``coord`` is the
     model's predicted 2-D coordinate (paper III-B, the Textual Feature Extender) as (x, y) normalised to the
     original image, ``coord_xy`` the same point in pixels. Attention fields are filled only when asked for.
+
+    Zero, one or many boxes: ``boxes`` (x1, y1, x2, y2 original pixels) with their ``scores``, highest first, and
+    ``found`` (at least one box). A model with the generalized head (``model.grec.enabled``) gives the tokens whose
+    score reaches ``threshold``, and ``box_xyxy`` stays its highest-scoring token's box whether or not it reaches
+    it; a classic model always finds its one box: ``boxes == [box_xyxy]``, ``scores`` None (it has no score),
+    ``found`` True, ``threshold`` None.
+
+    ``coord_trained`` says whether the model's coordinate head was trained by a loss (``loss.coord_weight > 0``).
+    The paper's is trained by none, so its point carries no meaning of its own; pictures draw it only when True.
     """
 
     expression: str
@@ -64,6 +74,20 @@ class Prediction:
     word_attention: list[np.ndarray] | None = None
     tokens: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    boxes: list[tuple[float, float, float, float]] | None = None  # None: [box_xyxy] (a classic model's one box)
+    scores: list[float] | None = None
+    found: bool = True
+    threshold: float | None = None
+    coord_trained: bool = True
+
+    def __post_init__(self) -> None:
+        if self.boxes is None:
+            self.boxes = [tuple(self.box_xyxy)]
+
+    @property
+    def generalized(self) -> bool:
+        """The boxes come from a model with the generalized head (they have scores and may be none)."""
+        return self.scores is not None
 
     @property
     def num_layers(self) -> int:
@@ -91,6 +115,11 @@ class Prediction:
             "coord": [round(v, 6) for v in self.coord],
             "coord_xy": [round(v, 2) for v in self.coord_xy],
             "expression_truncated": self.expression_truncated,
+            "boxes": [[round(v, 2) for v in box] for box in self.boxes],
+            "scores": None if self.scores is None else [round(v, 6) for v in self.scores],
+            "found": self.found,
+            "threshold": self.threshold,
+            "coord_trained": self.coord_trained,
         }
         if attention and self.visual_attention is not None:
             out["visual_attention"] = [[grid.round(6).tolist() for grid in layer] for layer in self.visual_attention]
@@ -110,6 +139,10 @@ class Predictor(
     >>> predictor = Predictor.from_pretrained("checkpoints/lgrnet-tiny")      # doctest: +SKIP
     >>> p = predictor.predict("kitchen.jpg", "the red mug left of the kettle")  # doctest: +SKIP
     >>> p.box_xyxy, p.coord                                                      # doctest: +SKIP
+
+    For a model with the generalized head, ``threshold`` (default: the model's ``model.grec.threshold``) is the
+    score a box needs to be returned; ``predict(..., threshold=...)`` overrides it for one call. A classic model
+    has no scores, and a threshold given for it is an error.
     """
 
     def __init__(
@@ -122,8 +155,11 @@ class Predictor(
         batch_size: int = 16,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         tokenizer: Any = None,
+        threshold: float | None = None,
     ) -> None:
         self.config = config
+        #: The score a generalized head's box needs (None for a classic model, which has no scores).
+        self.threshold = self._check_threshold(threshold, config.model.grec.threshold)
         self.device = _resolve_device(device)
         # "dtype" in the errors: the argument's name here (an fp32/bf16/fp16 name, an alias or a torch dtype).
         self.autocast_dtype = autocast_dtype(dtype, self.device, what="dtype")
@@ -136,6 +172,28 @@ class Predictor(
         self.processor = Processor.from_config(config, tokenizer=tokenizer, max_image_pixels=max_image_pixels)
         #: What a user must know about this model's boxes (set for shipped models by from_pretrained), else None.
         self.caveat: str | None = None
+
+    @property
+    def generalized(self) -> bool:
+        """The model has the generalized head (zero, one or many boxes with a score each)."""
+        return bool(self.config.model.grec.enabled)
+
+    @property
+    def coord_trained(self) -> bool:
+        """The model's coordinate head was trained by a loss (``loss.coord_weight > 0``): its point means
+        something. The paper's coordinate head is trained by none; without one the box centre stands in."""
+        return self.config.model.coord_embed != "none" and float(self.config.loss.coord_weight) > 0
+
+    def _check_threshold(self, threshold: float | None, default: float | None = None) -> float | None:
+        if not self.generalized:
+            if threshold is not None:
+                raise LGRNetError(f"threshold {threshold!r}: the model {self.config.name} has no generalized head "
+                                  "(model.grec.enabled), so its one box has no score to compare")
+            return None
+        value = default if threshold is None else threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise LGRNetError(f"threshold {value!r}: expected a score between 0 and 1")
+        return float(value)
 
     @property
     def tokenizer(self) -> Any:
@@ -230,6 +288,7 @@ class Predictor(
         *,
         attention: bool = False,
         batch_size: int | None = None,
+        threshold: float | None = None,
     ) -> Prediction | list[Prediction]:
         """Ground expression(s) in an image.
 
@@ -238,22 +297,24 @@ class Predictor(
         * ``predict([(image1, "the cat"), (image2, "the dog"), ...])`` -> a list, run in batches.
 
         ``image`` is a file path, a PIL image or an [H, W(, C)] array (uint8, uint16 or float in [0, 1]). With
-        ``attention=True`` every prediction carries per-layer attention over visual tokens and words. Bad input
-        raises :class:`~lgrnet.errors.DataError` naming the image or expression.
+        ``attention=True`` every prediction carries per-layer attention over visual tokens and words. ``threshold``
+        overrides the predictor's for this call (generalized head only). Bad input raises
+        :class:`~lgrnet.errors.DataError` naming the image or expression.
         """
+        options = {"attention": attention, "threshold": threshold}
         if expression is None:
             if isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)) or not isinstance(image, Sequence):
                 raise DataError("expression: missing (pass predict(image, expression) or a list of (image, expression))")
             pairs = [_as_pair(item, i) for i, item in enumerate(image)]
-            return self._raise_first(self.predict_many(pairs, attention=attention, batch_size=batch_size))
+            return self._raise_first(self.predict_many(pairs, batch_size=batch_size, **options))
         if isinstance(expression, str):
-            return self._raise_first(self.predict_many([(image, expression)], attention=attention))[0]
+            return self._raise_first(self.predict_many([(image, expression)], **options))[0]
         if not isinstance(expression, Sequence) or not expression:
             raise DataError("expression: expected a string or a non-empty list of strings")
         # Decode the image once for all its expressions.
         rgb = self.processor.load_image(image)
         pairs = [(rgb, text) for text in expression]
-        return self._raise_first(self.predict_many(pairs, attention=attention, batch_size=batch_size))
+        return self._raise_first(self.predict_many(pairs, batch_size=batch_size, **options))
 
     def predict_many(
         self,
@@ -261,11 +322,13 @@ class Predictor(
         *,
         attention: bool = False,
         batch_size: int | None = None,
+        threshold: float | None = None,
     ) -> list[Prediction | LGRNetError]:
         """Run many (image, expression) pairs in batches; a pair that fails gets its error in its place.
 
         Images are decoded batch by batch, so a long list of paths never sits in memory at once.
         """
+        threshold = self._check_threshold(threshold, self.threshold)
         results: list[Prediction | LGRNetError] = []
         for chunk in _chunks(pairs, batch_size or self.batch_size):
             prepared: list[ProcessedSample] = []
@@ -278,12 +341,13 @@ class Predictor(
                 except LGRNetError as exc:
                     results.append(exc)
             if prepared:
-                for slot, prediction in zip(slots, self._forward(prepared, attention)):
+                for slot, prediction in zip(slots, self._forward(prepared, attention, threshold)):
                     results[slot] = prediction
         return results
 
     @torch.inference_mode()
-    def _forward(self, prepared: list[ProcessedSample], attention: bool) -> list[Prediction]:
+    def _forward(self, prepared: list[ProcessedSample], attention: bool, threshold: float | None
+                 ) -> list[Prediction]:
         inputs = self.processor.collate(prepared)
         batch = inputs.batch.to(self.device)
         with autocast(self.device, self.precision):
@@ -292,6 +356,10 @@ class Predictor(
         # Without a coordinate branch (coord_embed "none") the box centre stands in for the coordinate.
         coords = out.coord if out.coord is not None else out.pred_boxes[:, :2]
         boxes, points = self.processor.post_process(out.pred_boxes, inputs.letterboxes, coords)
+        sets = None
+        if threshold is not None:  # the generalized head: its last layer's tokens
+            sets = self.processor.post_process_sets(out.token_boxes[-1], out.token_logits[-1], inputs.letterboxes,
+                                                    threshold)
         results = []
         for i, letterbox in enumerate(inputs.letterboxes):
             width, height = letterbox.original_size
@@ -306,7 +374,14 @@ class Predictor(
                 coord_xy=point,
                 letterbox=letterbox,
                 expression_truncated=inputs.truncated[i],
+                coord_trained=self.coord_trained,
             )
+            if sets is not None:
+                found_boxes, scores = sets[i]
+                prediction.boxes = [tuple(float(v) for v in row) for row in found_boxes]
+                prediction.scores = [float(v) for v in scores]
+                prediction.found = bool(prediction.boxes)
+                prediction.threshold = threshold
             if attention:
                 self._attach_attention(prediction, out, i, batch.input_ids[i], batch.attention_mask[i])
             results.append(prediction)

@@ -4,7 +4,9 @@ Before the model: an image (file path, PIL image or array) becomes an upright RG
 to the model's canvas and centred on it (the evaluation letterbox, spec 11.4), and the expression is tokenised to
 ``text.max_length`` word pieces, exactly as evaluation prepares a sample. After the model: its canvas boxes and
 points are mapped back to original-image pixels by the functions evaluation uses
-(:func:`lgrnet.data.transforms.canvas_to_original` and :func:`~lgrnet.data.transforms.canvas_points_to_original`).
+(:func:`lgrnet.data.transforms.canvas_to_original` and :func:`~lgrnet.data.transforms.canvas_points_to_original`);
+for a model with the generalized head, :meth:`Processor.post_process_sets` keeps the boxes whose score reaches a
+threshold.
 
     >>> processor = Processor.from_config(config)                                  # doctest: +SKIP
     >>> inputs = processor("kitchen.jpg", "the red mug")                           # doctest: +SKIP
@@ -174,6 +176,21 @@ class Processor:
             flat = coords.float().cpu().reshape(len(letterboxes), -1)[:, :2]
             points = canvas_points_to_original(flat, letterboxes, clamp=True)
         return PostProcessed(boxes, points)
+
+    def post_process_sets(self, token_boxes: torch.Tensor, token_logits: torch.Tensor,
+                          letterboxes: Sequence[Letterbox | SampleMeta], threshold: float
+                          ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A generalized head's token boxes in original-image pixels: per sample, the boxes whose score
+        sigmoid(logit) is at least ``threshold``, highest score first, as ``(boxes [n, 4] x1y1x2y2, scores [n])``.
+
+        ``token_boxes`` [B, K, 4] are (cx, cy, w, h) / S on the canvas (clamped to it first, as
+        :meth:`post_process` does), ``token_logits`` [B, K] the tokens' score logits.
+        """
+        from lgrnet.model.grec import select_boxes
+
+        selected = select_boxes(token_boxes.float().cpu().clamp(0.0, 1.0), token_logits.float().cpu(), threshold)
+        return [(canvas_to_original(boxes, [letterbox] * len(boxes), clamp=True), scores)
+                for (boxes, scores), letterbox in zip(selected, letterboxes)]
 
     def count_word_pieces(self, expression: str) -> int:
         """Word pieces of the expression, special tokens not counted, before any truncation."""
