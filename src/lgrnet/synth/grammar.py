@@ -430,16 +430,22 @@ def _anchor_filter(scene: Scene, a: int) -> dict | None:
     return None
 
 
+def shuffled_anchors(rng: random.Random, scene: Scene, relations: Sequence[str], exclude: int | None = None
+                     ) -> tuple[list[tuple[int, dict]], list[str]]:
+    """The objects (other than ``exclude``) that a short description singles out, with that description, in
+    random order; and the relations in random order."""
+    anchors = [a for a in range(len(scene.objects)) if a != exclude]
+    rng.shuffle(anchors)
+    rels = list(relations)
+    rng.shuffle(rels)
+    described = [(a, _anchor_filter(scene, a)) for a in anchors]
+    return [(a, flt) for a, flt in described if flt is not None], rels
+
+
 def _relation_tryer(relations: Sequence[str]) -> Callable:
     def attempt(rng: random.Random, scene: Scene, t: int) -> tuple[str, Query] | None:
-        anchors = [a for a in range(len(scene.objects)) if a != t]
-        rng.shuffle(anchors)
-        rels = list(relations)
-        rng.shuffle(rels)
-        for a in anchors:
-            aflt = _anchor_filter(scene, a)
-            if aflt is None:
-                continue
+        anchors, rels = shuffled_anchors(rng, scene, relations, exclude=t)
+        for a, aflt in anchors:
             for flt in _shuffled_filters(rng, scene.objects[t]):
                 cand = _candidates(scene, flt)
                 for rel in rels:

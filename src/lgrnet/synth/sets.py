@@ -30,7 +30,7 @@ No-target queries are ordinary singular queries that select nothing:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from lgrnet.data.spatial import is_spatial
 from lgrnet.synth.grammar import (
@@ -38,7 +38,6 @@ from lgrnet.synth.grammar import (
     REGION_NAMES,
     RELATION_WORDS,
     Query,
-    _anchor_filter,
     _angle_diff,
     _attribute_text,
     _candidates,
@@ -49,6 +48,7 @@ from lgrnet.synth.grammar import (
     _relation_text,
     clearly_in_region,
     evaluate,
+    shuffled_anchors,
 )
 from lgrnet.synth.scene import COLORS, SHAPES, Scene
 
@@ -185,31 +185,34 @@ def _multi_region(rng: random.Random, scene: Scene) -> Result | None:
     return None
 
 
+def _relation_options(rng: random.Random, scene: Scene, relations: Sequence[str]
+                      ) -> Iterator[tuple[dict, dict, str, dict[int, float]]]:
+    """(anchor description, target filter, relation, {candidate: angle from the relation's direction}) in random
+    order, for every anchor that a short description singles out and every filter that leaves a candidate."""
+    objs = scene.objects
+    anchors, rels = shuffled_anchors(rng, scene, relations)
+    for a, aflt in anchors:
+        filters = _scene_filters(scene, exclude=a)
+        rng.shuffle(filters)
+        for flt in filters:
+            cand = [i for i in _candidates(scene, flt) if i != a]
+            if not cand:
+                continue
+            for rel in rels:
+                yield aflt, flt, rel, {i: _angle_diff(_offset_angle(objs[i], objs[a]), _DIRECTION_ANGLE[rel])
+                                       for i in cand}
+
+
 def _multi_relation(relations: Sequence[str]) -> Callable[[random.Random, Scene], Result | None]:
     def attempt(rng: random.Random, scene: Scene) -> Result | None:
-        objs = scene.objects
-        anchors = list(range(len(objs)))
-        rng.shuffle(anchors)
-        rels = list(relations)
-        rng.shuffle(rels)
-        for a in anchors:
-            aflt = _anchor_filter(scene, a)
-            if aflt is None:
-                continue
-            filters = _scene_filters(scene, exclude=a)
-            rng.shuffle(filters)
-            for flt in filters:
-                cand = [i for i in _candidates(scene, flt) if i != a]
-                for rel in rels:
-                    angles = {i: _angle_diff(_offset_angle(objs[i], objs[a]), _DIRECTION_ANGLE[rel]) for i in cand}
-                    members = [i for i in cand if angles[i] <= MEMBER_ANGLE]
-                    outsiders = [i for i in cand if i not in members]
-                    # The relation must do some work (an outsider) and nobody may be borderline.
-                    if (2 <= len(members) <= MAX_SET and outsiders
-                            and all(angles[i] > OUTSIDER_ANGLE for i in outsiders)):
-                        quant = _quantifier(rng, len(members), allow_plain=True)
-                        query = {"type": "relation", "filter": flt, "relation": rel, "anchor": aflt, **quant}
-                        return _plural_relation_text(rng, flt, rel, aflt, quant), query, members
+        for aflt, flt, rel, angles in _relation_options(rng, scene, relations):
+            members = [i for i, angle in angles.items() if angle <= MEMBER_ANGLE]
+            outsiders = [i for i in angles if i not in members]
+            # The relation must do some work (an outsider) and nobody may be borderline.
+            if 2 <= len(members) <= MAX_SET and outsiders and all(angles[i] > OUTSIDER_ANGLE for i in outsiders):
+                quant = _quantifier(rng, len(members), allow_plain=True)
+                query = {"type": "relation", "filter": flt, "relation": rel, "anchor": aflt, **quant}
+                return _plural_relation_text(rng, flt, rel, aflt, quant), query, members
         return None
     return attempt
 
@@ -294,26 +297,11 @@ def _absent_region(rng: random.Random, scene: Scene) -> Result | None:
 
 def _absent_relation(relations: Sequence[str]) -> Callable[[random.Random, Scene], Result | None]:
     def attempt(rng: random.Random, scene: Scene) -> Result | None:
-        objs = scene.objects
-        anchors = list(range(len(objs)))
-        rng.shuffle(anchors)
-        rels = list(relations)
-        rng.shuffle(rels)
-        for a in anchors:
-            aflt = _anchor_filter(scene, a)
-            if aflt is None:
-                continue
-            filters = _scene_filters(scene, exclude=a)
-            rng.shuffle(filters)
-            for flt in filters:
-                cand = [i for i in _candidates(scene, flt) if i != a]
-                if not cand:
-                    continue  # nothing of that kind at all: an attribute absence, not a relation one
-                for rel in rels:
-                    if all(_angle_diff(_offset_angle(objs[i], objs[a]), _DIRECTION_ANGLE[rel]) > ABSENT_ANGLE
-                           for i in cand):
-                        query = {"type": "relation", "filter": flt, "relation": rel, "anchor": aflt}
-                        return _relation_text(rng, flt, rel, aflt), query, []
+        # Only filters that leave a candidate: with nothing of that kind at all it would be an attribute absence.
+        for aflt, flt, rel, angles in _relation_options(rng, scene, relations):
+            if all(angle > ABSENT_ANGLE for angle in angles.values()):
+                query = {"type": "relation", "filter": flt, "relation": rel, "anchor": aflt}
+                return _relation_text(rng, flt, rel, aflt), query, []
         return None
     return attempt
 
