@@ -1,5 +1,6 @@
-"""A grid of predictions under a title: each tile one image with its predicted box, coordinate point, ground truth
-and expression (drawn by :mod:`lgrnet.inference.visualize`), scaled into a fixed cell."""
+"""A grid of predictions under a title: each tile one image with its predicted box(es) (with their scores, or "no
+match", for a model with the generalized head), the coordinate point where the model's coordinate head was trained,
+the ground truth and the expression (drawn by :mod:`lgrnet.inference.visualize`), scaled into a fixed cell."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ COLUMNS = 4
 _GAP, _TITLE_BAND = 8, 36
 
 
-def _tile(image: ImageInput, prediction: Prediction, ground_truth: Sequence[float] | None) -> Image.Image:
+# One ground-truth box (x1, y1, x2, y2), a target set (a sequence of boxes, possibly empty), or None.
+GroundTruth = Sequence[float] | Sequence[Sequence[float]] | None
+
+
+def _tile(image: ImageInput, prediction: Prediction, ground_truth: GroundTruth) -> Image.Image:
     cell_w, cell_h = CELL_SIZE
     drawn = draw_prediction(image, prediction, ground_truth=ground_truth, caption=False)
     drawn.thumbnail(CELL_SIZE)
@@ -26,9 +31,9 @@ def _tile(image: ImageInput, prediction: Prediction, ground_truth: Sequence[floa
 
 
 def prediction_grid(images: Sequence[ImageInput], predictions: Sequence[Prediction],
-                    ground_truths: Sequence[Sequence[float] | None], title: str) -> Image.Image:
-    """``predictions[i]`` drawn on ``images[i]`` with ``ground_truths[i]`` (original pixels, or None), in rows of
-    :data:`COLUMNS` tiles under ``title``."""
+                    ground_truths: Sequence[GroundTruth], title: str) -> Image.Image:
+    """``predictions[i]`` drawn on ``images[i]`` with ``ground_truths[i]`` (original pixels: one box, a record's
+    target set, or None), in rows of :data:`COLUMNS` tiles under ``title``."""
     if not len(images) == len(predictions) == len(ground_truths):
         raise ValueError(f"{len(images)} images, {len(predictions)} predictions and {len(ground_truths)} ground "
                          "truths: expected one of each per tile")

@@ -1,7 +1,9 @@
 """Pictures of a prediction, in the manner of the paper's Fig. 5 and 6 (PIL only, no plotting library).
 
-* :func:`draw_prediction`: the image with the predicted box, the predicted coordinate point (paper III-B), the
-  ground-truth box when known, and the expression as a caption.
+* :func:`draw_prediction`: the image with the predicted box (for a model with the generalized head: every box
+  found, each with its score, or "no match" written on the image), the predicted coordinate point (paper III-B;
+  only for a model whose coordinate head was trained, see :attr:`Prediction.coord_trained`), the ground-truth
+  box(es) when known, and the expression as a caption.
 * :func:`attention_overlay`: the prediction token's attention over visual tokens for one layer, as a heat map
   over the original image (token grids upsampled, letterbox undone; see :mod:`lgrnet.inference.attention`).
 * :func:`word_attention_panel`: the attention over the words of the expression, one row per layer: each word on a
@@ -122,6 +124,50 @@ def _draw_point(draw: ImageDraw.ImageDraw, xy: Sequence[float], radius: int) -> 
                  width=max(1, radius // 3))
 
 
+def _label_box(draw: ImageDraw.ImageDraw, box: Sequence[float], text: str, size: int, bounds: tuple[int, int]) -> None:
+    """``text`` in white on a red tab at the box's top-left corner (inside the image)."""
+    fnt = font(size)
+    width, height = _text_width(draw, text, fnt) + size * 0.5, size * 1.25
+    x = min(max(float(box[0]), 0.0), max(bounds[0] - width, 0.0))
+    y = float(box[1]) - height if float(box[1]) >= height else float(box[1])
+    draw.rectangle([x, y, x + width, y + height], fill=PRED_COLOR)
+    _safe_text(draw, (x + size * 0.25, y + size * 0.1), text, fnt, BACKGROUND)
+
+
+def _no_match(draw: ImageDraw.ImageDraw, size: tuple[int, int]) -> None:
+    """"no match" in large dark letters on a white band at the image's top-left."""
+    text_size = max(12, min(round(size[0] / 10), 48))
+    fnt = font(text_size)
+    text = "no match"
+    width = _text_width(draw, text, fnt) + text_size * 0.6
+    draw.rectangle([0, 0, width, text_size * 1.4], fill=BACKGROUND, outline=PRED_COLOR, width=max(1, text_size // 12))
+    _safe_text(draw, (text_size * 0.3, text_size * 0.15), text, fnt, PRED_COLOR)
+
+
+def _ground_truth_boxes(ground_truth: Sequence[float] | Sequence[Sequence[float]] | None) -> list[list[float]]:
+    """One box (x1, y1, x2, y2) or a sequence of boxes (a target set, possibly empty) as a list of boxes."""
+    if ground_truth is None:
+        return []
+    items = list(ground_truth)
+    if items and not isinstance(items[0], (Sequence, np.ndarray)):
+        return [[float(v) for v in items]]
+    return [[float(v) for v in box] for box in items]
+
+
+def draw_boxes(canvas: Image.Image, prediction: Prediction, width: int) -> None:
+    """The prediction's boxes on ``canvas`` (in place): a classic model's one box; for a generalized head every
+    box found with its score, or "no match" when there is none."""
+    draw = ImageDraw.Draw(canvas)
+    for box in prediction.boxes or []:
+        draw.rectangle(box, outline=PRED_COLOR, width=width)
+    if prediction.generalized:
+        size = max(10, min(round(max(canvas.size) / 40), 28))
+        for box, score in zip(prediction.boxes or [], prediction.scores or []):
+            _label_box(draw, box, f"{score:.2f}", size, canvas.size)
+        if not prediction.found:
+            _no_match(draw, canvas.size)
+
+
 def add_caption(image: Image.Image, text: str, max_lines: int = 3, size: int | None = None) -> Image.Image:
     """The image with a white band under it holding ``text`` (wrapped, at most ``max_lines`` lines)."""
     size = size or max(12, min(round(image.width / 28), 32))
@@ -140,25 +186,38 @@ def add_caption(image: Image.Image, text: str, max_lines: int = 3, size: int | N
 def draw_prediction(
     image: ImageInput,
     prediction: Prediction,
-    ground_truth: Sequence[float] | None = None,
+    ground_truth: Sequence[float] | Sequence[Sequence[float]] | None = None,
     caption: bool = True,
+    point: bool | None = None,
 ) -> Image.Image:
-    """Predicted box (red), coordinate point (yellow), ground-truth box (green, dashed) and the expression."""
+    """Predicted box(es) (red; with their scores for a generalized head, or "no match"), the coordinate point
+    (yellow), ground truth (green, dashed: one box or a target set) and the expression.
+
+    The point is drawn when ``point`` is True; by default (None) only when the model's coordinate head was
+    trained (``prediction.coord_trained``): the paper's is trained by no loss, so its point means nothing."""
     canvas = as_rgb_image(image)
     if canvas.size != tuple(prediction.image_size):
         raise ValueError(f"image is {canvas.size}, the prediction was made on an image of {prediction.image_size}")
     draw = ImageDraw.Draw(canvas)
     width = _line_width(canvas)
-    if ground_truth is not None:
-        _dashed_rectangle(draw, [float(v) for v in ground_truth], GT_COLOR, width, dash=4 * width)
-    draw.rectangle(prediction.box_xyxy, outline=PRED_COLOR, width=width)
-    _draw_point(draw, prediction.coord_xy, radius=2 * width + 1)
+    truths = _ground_truth_boxes(ground_truth)
+    for box in truths:
+        _dashed_rectangle(draw, box, GT_COLOR, width, dash=4 * width)
+    draw_boxes(canvas, prediction, width)
+    show_point = prediction.coord_trained if point is None else point
+    if show_point:
+        _draw_point(draw, prediction.coord_xy, radius=2 * width + 1)
     if caption:
         label = prediction.expression
         if ground_truth is not None:
-            label += "   (red: prediction, green dashed: ground truth, yellow: coordinate)"
+            label += f"   ({legend(show_point)})"
         canvas = add_caption(canvas, label)
     return canvas
+
+
+def legend(point: bool) -> str:
+    """What the colours of :func:`draw_prediction` mean."""
+    return "red: prediction, green dashed: ground truth" + (", yellow: coordinate" if point else "")
 
 
 def attention_overlay(image: ImageInput, prediction: Prediction, layer: int = -1, alpha: float = 0.6,
@@ -172,7 +231,7 @@ def attention_overlay(image: ImageInput, prediction: Prediction, layer: int = -1
     mixed = np.asarray(base, dtype=np.float32) * (1 - weight) + colours * weight
     out = Image.fromarray(mixed.round().clip(0, 255).astype(np.uint8), mode="RGB")
     if box:
-        ImageDraw.Draw(out).rectangle(prediction.box_xyxy, outline=PRED_COLOR, width=_line_width(out))
+        draw_boxes(out, prediction, _line_width(out))
     return out
 
 
@@ -232,7 +291,7 @@ def render_figure(
     image: ImageInput,
     prediction: Prediction,
     layers: Sequence[int] | None = None,
-    ground_truth: Sequence[float] | None = None,
+    ground_truth: Sequence[float] | Sequence[Sequence[float]] | None = None,
     tile_height: int = 320,
 ) -> Image.Image:
     """One picture: the box overlay, then (when the prediction carries attention) a heat map per chosen layer
