@@ -183,3 +183,13 @@ def test_empty_inputs_give_no_figure_and_count_zero():
     assert rows[0]["t_acc"] is None and rows[0]["single_acc50"] is None
     with pytest.raises(ValueError):
         best_threshold([])
+
+
+def test_threshold_compares_in_the_scores_dtype_as_a_tensor_comparison_does():
+    # float32(0.45) is 0.449999988...: below the float 0.45, yet `tensor >= 0.45` keeps it (torch compares in the
+    # tensor's dtype); the sweep must keep it too, or its rows would disagree with the boxes a model returns.
+    score = torch.tensor([0.45], dtype=torch.float32)
+    assert bool(score >= 0.45) and float(score) < 0.45
+    sample = GrecSample(torch.tensor([A]), score, torch.tensor([A]))
+    rows, _ = grec_sweep([sample], [0.45])
+    assert rows[0]["correct"] == 1

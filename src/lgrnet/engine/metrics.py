@@ -151,8 +151,10 @@ def _matched(allowed: torch.Tensor) -> int:
     """The size of a maximum one-to-one matching in the boolean [P, T] matrix of allowed pairs."""
     from scipy.optimize import linear_sum_assignment
 
-    if allowed.numel() == 0:
+    if allowed.numel() == 0 or not bool(allowed.any()):
         return 0
+    if min(allowed.shape) == 1:  # one prediction or one target: a single pair at most
+        return 1
     weights = allowed.double().numpy()
     rows, cols = linear_sum_assignment(weights, maximize=True)
     return int(weights[rows, cols].sum())
@@ -184,10 +186,6 @@ class GrecSample:
     targets: torch.Tensor
     top_box: torch.Tensor | None = None
 
-    def predictions(self, threshold: float) -> torch.Tensor:
-        """The boxes whose score is at least ``threshold`` (the rule :class:`GrecAccumulator` applies)."""
-        return _as_boxes(self.boxes)[torch.as_tensor(self.scores).reshape(-1) >= threshold]
-
     def top(self) -> torch.Tensor:
         if self.top_box is not None:
             return _as_boxes(self.top_box)
@@ -200,6 +198,7 @@ _GREC_FIELDS = (
     "single_count", "single_correct", "multi_count", "multi_correct", "none_count", "none_correct",
     "target_count", "target_found", "single_top_hit50",
 )
+_GREC_COLUMN = {name: i for i, name in enumerate(_GREC_FIELDS)}
 
 
 class GrecAccumulator:
@@ -212,33 +211,33 @@ class GrecAccumulator:
             raise ValueError("GrecAccumulator needs at least one threshold")
         self.sums = torch.zeros(len(self.thresholds), len(_GREC_FIELDS), dtype=torch.float64)
 
-    def _add(self, row: int, name: str, value: float) -> None:
-        self.sums[row, _GREC_FIELDS.index(name)] += value
-
     def update(self, samples: Sequence[GrecSample]) -> None:
+        sums = self.sums.numpy()  # a view: plain indexing is much cheaper than tensor ops, sample by sample
+        col = _GREC_COLUMN
         for sample in samples:
             boxes, targets = _as_boxes(sample.boxes), _as_boxes(sample.targets)
             scores = torch.as_tensor(sample.scores).reshape(-1)
             kind = target_kind(len(targets))
             top_hit = kind == "single" and bool(box_iou(sample.top(), targets)[0, 0] >= GREC_IOU)
             allowed = box_iou(boxes, targets) >= GREC_IOU  # every token against every target, once
+            # Which tokens each threshold keeps (compared in the scores' dtype, as a tensor >= float compares).
+            keeps = (scores[None] >= torch.tensor(self.thresholds, dtype=scores.dtype)[:, None]).tolist()
             outcomes: dict[tuple[bool, ...], GrecOutcome] = {}  # thresholds that keep the same tokens agree
-            for row, threshold in enumerate(self.thresholds):
-                keep = scores >= threshold
-                key = tuple(keep.tolist())
+            for row, keep in enumerate(keeps):
+                key = tuple(keep)
                 if key not in outcomes:
-                    tp = _matched(allowed[keep])
-                    outcomes[key] = GrecOutcome(tp=tp, fp=int(keep.sum()) - tp, fn=len(targets) - tp)
+                    tp = _matched(allowed[torch.tensor(keep, dtype=torch.bool)])
+                    outcomes[key] = GrecOutcome(tp=tp, fp=sum(keep) - tp, fn=len(targets) - tp)
                 outcome = outcomes[key]
-                self._add(row, "count", 1)
-                self._add(row, "correct", outcome.correct)
-                self._add(row, "f1", outcome.f1)
-                self._add(row, f"{kind}_count", 1)
-                self._add(row, f"{kind}_correct", outcome.correct)
+                sums[row, col["count"]] += 1
+                sums[row, col["correct"]] += outcome.correct
+                sums[row, col["f1"]] += outcome.f1
+                sums[row, col[f"{kind}_count"]] += 1
+                sums[row, col[f"{kind}_correct"]] += outcome.correct
                 if kind != "none":
-                    self._add(row, "target_count", 1)
-                    self._add(row, "target_found", outcome.tp + outcome.fp > 0)
-                self._add(row, "single_top_hit50", top_hit)
+                    sums[row, col["target_count"]] += 1
+                    sums[row, col["target_found"]] += outcome.tp + outcome.fp > 0
+                sums[row, col["single_top_hit50"]] += top_hit
 
     def compute(self, info: DistInfo | None = None) -> list[dict[str, float | int | None]]:
         """One row per threshold (ascending), see :func:`grec_row`."""
