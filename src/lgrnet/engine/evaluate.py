@@ -85,7 +85,8 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
                     grec_threshold = _model_threshold(model) if grec_threshold is None else grec_threshold
                     grec = GrecAccumulator((*SWEEP_THRESHOLDS, grec_threshold))
                 samples = grec_samples(output, pred_orig, batch.meta)
-                grec.update(samples)
+                # A sample whose target set is unknown has no GREC outcome (grec_count says how many had one).
+                grec.update([sample for sample, meta in zip(samples, batch.meta) if sample_targets(meta) is not None])
                 if collect_predictions:
                     found = select_boxes(torch.stack([sample.boxes for sample in samples]),
                                          output.token_logits[-1].float().cpu(), grec_threshold)
@@ -125,12 +126,12 @@ def _model_threshold(model: nn.Module) -> float:
     return float(config.grec.threshold) if hasattr(config, "grec") else GrecConfig().threshold
 
 
-def sample_targets(meta: Any) -> tuple[tuple[float, float, float, float], ...]:
-    """A sample's target set in original pixels: its ``original_boxes`` (possibly empty), else its one box."""
-    boxes = getattr(meta, "original_boxes", None)
-    if boxes is not None:
-        return tuple(boxes)
-    return (meta.original_box,) if meta.original_box is not None else ()
+def sample_targets(meta: Any) -> tuple[tuple[float, float, float, float], ...] | None:
+    """A sample's target set in original pixels: its ``original_boxes`` (possibly empty), else its one box; None
+    when neither is known."""
+    if meta.original_boxes is not None:
+        return tuple(meta.original_boxes)
+    return (meta.original_box,) if meta.original_box is not None else None
 
 
 def grec_samples(output: Any, top_boxes: torch.Tensor, metas: list[Any]) -> list[GrecSample]:
@@ -140,7 +141,7 @@ def grec_samples(output: Any, top_boxes: torch.Tensor, metas: list[Any]) -> list
     scores = output.token_logits[-1].float().cpu().sigmoid()  # [B, K], as select_boxes computes them
     per_token = [canvas_to_original(tokens[:, k], metas, clamp=True) for k in range(tokens.shape[1])]
     boxes = torch.stack(per_token, dim=1)  # [B, K, 4] x1y1x2y2 original pixels
-    return [GrecSample(boxes[i], scores[i], torch.tensor(sample_targets(meta), dtype=torch.float64).reshape(-1, 4),
+    return [GrecSample(boxes[i], scores[i], torch.tensor(sample_targets(meta) or (), dtype=torch.float64).reshape(-1, 4),
                        top_box=top_boxes[i]) for i, meta in enumerate(metas)]
 
 
