@@ -10,9 +10,13 @@ paths are taken relative to the JSONL file)::
     lgrnet predict --checkpoint CKPT --input requests.jsonl --output predictions.jsonl
     lgrnet predict --checkpoint CKPT --input requests.jsonl --output results.json --format coco
 
-Boxes are (x1, y1, x2, y2) in pixels of the original image (``box_xyxy``). ``--format coco`` writes COCO detection
-results instead (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``, what pycocotools'
-``COCO.loadRes`` reads): the image id comes from a request's ``"image_id"`` or from a COCO file name.
+Boxes are (x1, y1, x2, y2) in pixels of the original image (``box_xyxy``). A model with the generalized head
+(``model.grec.enabled``) returns zero, one or many boxes: ``boxes`` with their ``scores`` (highest first) and
+``found``, the boxes whose score reaches ``--threshold`` (default: the model's own); ``box_xyxy`` stays its
+highest-scoring box, found or not. A classic model's record has ``boxes`` = [box_xyxy], ``scores`` null and
+``found`` true. ``--format coco`` writes COCO detection results instead (``[{"image_id", "category_id", "bbox":
+[x, y, w, h], "score"}]``, what pycocotools' ``COCO.loadRes`` reads; one entry per box found, with its score, or
+score 1.0 for a classic model): the image id comes from a request's ``"image_id"`` or from a COCO file name.
 
 A bad line or image is reported on stderr with its line number and skipped; the other lines are still written.
 The exit status is 0 when every line was predicted, 1 when some were skipped, 2 on a fatal error.
@@ -39,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     single.add_argument("--image", help="image file")
     single.add_argument("--text", help="the referring expression")
     single.add_argument("--out", metavar="IMAGE.png|.jpg",
-                        help="write the image at its own size with the box and the coordinate point (PNG or JPEG, "
-                             "by suffix); with --attention a figure of 320 px high tiles with the heat maps")
+                        help="write the image at its own size with the box(es) (PNG or JPEG, by suffix); with "
+                             "--attention a figure of 320 px high tiles with the heat maps")
     single.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
     single.add_argument("--gt", metavar="X1,Y1,X2,Y2", help="ground-truth box in image pixels, drawn in --out")
     single.add_argument("--attention", action="store_true",
@@ -51,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many.add_argument("--output", help="JSONL file to write the predictions to")
     many.add_argument("--format", choices=("jsonl", "coco"), default="jsonl",
                       help="jsonl: one prediction per line (box_xyxy pixels); coco: one COCO results JSON list "
-                           "(bbox x, y, w, h pixels, score 1.0) (default: %(default)s)")
+                           "(bbox x, y, w, h pixels; one entry per box found with its score, score 1.0 for a "
+                           "classic model) (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, metavar="SCORE",
+                        help="score (0 to 1) a box needs, for a model with the generalized head (default: the "
+                             "threshold stored with the model)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass (JSONL mode)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (JSONL mode)")
     parser.set_defaults(func=run)
@@ -74,10 +82,12 @@ def run(args: argparse.Namespace) -> int:
     layers = _parse_layers(args.layers) if args.layers else None
     _check_paths(args, single)
 
-    from lgrnet.inference.predictor import Predictor
+    from lgrnet.inference.predictor import Predictor, apply_threshold_option, check_threshold_option
 
+    check_threshold_option(args.threshold)
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.precision,
                                           batch_size=args.batch_size)
+    apply_threshold_option(predictor, args.threshold)
     if single:
         return _run_single(predictor, args, gt, layers)
     return _run_many(predictor, Path(args.input), Path(args.output), args.batch_size, not args.no_progress,
@@ -130,9 +140,7 @@ def _run_single(predictor, args: argparse.Namespace, gt, layers) -> int:
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
     else:
-        x1, y1, x2, y2 = prediction.box_xyxy
-        print(f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}) px; "
-              f"coordinate (x, y) = ({prediction.coord[0]:.3f}, {prediction.coord[1]:.3f})")
+        print(prediction.describe("\n  "))
         if prediction.expression_truncated:
             print(f"note: the expression was cut to {predictor.max_length} word pieces", file=sys.stderr)
         if args.out:
@@ -177,7 +185,7 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
     with source.open("rb") as handle:
         total = sum(1 for line in handle if line.strip())
     target.parent.mkdir(parents=True, exist_ok=True)
-    written = skipped = 0
+    written = skipped = unmatched = 0
     bar = tqdm(total=total, unit="pair", desc="predict", disable=not progress, file=sys.stderr)
     if predictor.caveat:
         print(f"lgrnet predict: note: {predictor.caveat}", file=sys.stderr)
@@ -188,7 +196,7 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
         tqdm.write(f"lgrnet predict: {source}:{number}: skipped: {message}", file=sys.stderr)
 
     def flush(batch: list[tuple[int, dict[str, Any]]], out) -> None:
-        nonlocal written
+        nonlocal written, unmatched
         results = predictor.predict_many([(r["path"], r["expression"]) for _, r in batch], batch_size=batch_size)
         for (number, request), result in zip(batch, results):
             if isinstance(result, LGRNetError):
@@ -207,6 +215,7 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
                     record["model_caveat"] = predictor.caveat
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             written += 1
+            unmatched += not result.found
         bar.update(len(batch))
 
     coco: list[dict[str, Any]] = []
@@ -226,8 +235,10 @@ def _run_many(predictor, source: Path, target: Path, batch_size: int, progress: 
         if fmt == "coco":
             json.dump(coco, out)
     bar.close()
-    print(f"lgrnet predict: wrote {written} predictions to {target}" + (f", skipped {skipped} lines" if skipped else ""),
-          file=sys.stderr)
+    summary = f"lgrnet predict: wrote {written} predictions to {target}"
+    if predictor.generalized:
+        summary += f" ({unmatched} with no match at score {predictor.threshold:.2f})"
+    print(summary + (f", skipped {skipped} lines" if skipped else ""), file=sys.stderr)
     return 1 if skipped else 0
 
 

@@ -1,6 +1,6 @@
 """``lgrnet serve``: an HTTP server that grounds expressions in uploaded images, batching concurrent requests.
 
-    lgrnet serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--max-batch 16] [--max-wait-ms 5]
+    lgrnet serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--max-batch 16] [--max-wait-ms 5] [--threshold S]
 
 ``POST /v1/ground`` (multipart ``image`` + ``expression`` fields, or JSON with a base64 ``image``), ``GET
 /v1/model``, ``GET /healthz``; the OpenAPI page is at ``/docs``. Needs the ``serve`` extra.
@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest request body in MiB (default: %(default)s)")
     limits.add_argument("--image-root", metavar="DIR",
                         help="let JSON requests name an image file under DIR (\"image_path\"); off by default")
+    parser.add_argument("--threshold", type=float, metavar="SCORE",
+                        help="score (0 to 1) a box needs, for a model with the generalized head (default: the "
+                             "threshold stored with the model)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default: %(default)s)")
     parser.set_defaults(func=run)
@@ -86,10 +89,12 @@ def run(args: argparse.Namespace) -> int:
         from lgrnet.serve.app import create_app
     except ImportError as exc:
         raise LGRNetError(f"the server needs the serve extra: pip install 'lgrnet[serve]' ({exc})") from None
-    from lgrnet.inference.predictor import Predictor
+    from lgrnet.inference.predictor import Predictor, apply_threshold_option, check_threshold_option
 
+    check_threshold_option(args.threshold)
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.precision,
                                           batch_size=limits.max_batch, max_image_pixels=limits.max_image_pixels)
+    apply_threshold_option(predictor, args.threshold)
     if predictor.caveat:
         print(f"lgrnet serve: note: {predictor.caveat}", file=sys.stderr)
     app = create_app(predictor, limits)

@@ -1,5 +1,6 @@
-"""The web demo (``lgrnet demo``): upload an image, type an expression, see the box, the predicted coordinate
-point and the prediction token's attention maps (paper Fig. 5/6). Built with Gradio.
+"""The web demo (``lgrnet demo``): upload an image, type an expression, see the box (for a model with the
+generalized head: every box found with its score, or "no match"), the predicted coordinate point when the model's
+coordinate head was trained, and the prediction token's attention maps (paper Fig. 5/6). Built with Gradio.
 
 The request handler (:class:`DemoHandler`) is plain Python and never raises: every failure, from an undecodable
 upload to an empty expression, comes back as a one-line message in the page, so no input can take the server down.
@@ -28,7 +29,7 @@ MAX_EXPRESSION_CHARS = 200
 
 @dataclass
 class DemoResult:
-    overlay: Image.Image | None  # image with box, coordinate point and caption
+    overlay: Image.Image | None  # image with the box(es), the coordinate point (if trained) and caption
     attention: Image.Image | None  # heat maps of the layers and word attention
     result: dict[str, Any]  # JSON shown in the page: the prediction, or {"error": ...}
     message: str  # one line of status text
@@ -75,7 +76,11 @@ class DemoHandler:
             chosen = sorted({int(v) - 1 for v in layers if 1 <= int(v) <= count}) or None
         figure = render_figure(rgb, prediction, layers=chosen, tile_height=260)
         result = prediction.to_dict()
-        message = f"box {_fmt(prediction.box_xyxy)} px, coordinate ({prediction.coord[0]:.3f}, {prediction.coord[1]:.3f})"
+        if prediction.generalized:  # every box found with its score, or "no match ..." first thing in the line
+            message = prediction.describe("; ")
+        else:
+            message = (f"box {_fmt(prediction.box_xyxy)} px, coordinate ({prediction.coord[0]:.3f}, "
+                       f"{prediction.coord[1]:.3f})")
         if prediction.expression_truncated:
             message += f"; note: only the first {self.predictor.max_length} word pieces were read"
         return DemoResult(overlay, figure, result, message)
@@ -154,14 +159,28 @@ def _undecoded_upload(component: Any) -> Any:
 
 
 def page_intro(max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXELS,
-               max_upload_mb: int = MAX_UPLOAD_MB, caveat: str | None = None) -> str:
-    """The page's heading and instructions, stating the limits the server enforces and, for a shipped model,
-    what it cannot do."""
+               max_upload_mb: int = MAX_UPLOAD_MB, caveat: str | None = None, generalized: bool = False,
+               threshold: float | None = None, coord_trained: bool = False) -> str:
+    """The page's heading and instructions, stating the limits the server enforces, what the drawing shows for
+    this model (``generalized``: it has the generalized head, with ``threshold``; ``coord_trained``: its
+    coordinate head was trained by a loss) and, for a shipped model, what it cannot do."""
+    if generalized:
+        names = "that names what to find: one object, several, or one that may not be there"
+        cut = f" {threshold:.2f}" if threshold is not None else " the model's threshold"
+        boxes = (f"Red: every box the model found, with its score (boxes scoring under{cut} are left out; "
+                 "**no match** when none is left)")
+    else:
+        names, boxes = "that names one object", "Red: predicted box"
+    if coord_trained:
+        point = "yellow dot: the point the model's coordinate head predicts from the expression alone"
+    else:
+        point = ("no yellow dot: this model's coordinate head has no loss of its own (as in the paper), so its "
+                 "point need not mark the object and is not drawn (the JSON still lists it as `coord`)")
     text = (
         "# LGR-NET: ground a phrase in an image\n"
         f"Upload an image (at most {max_upload_mb} MB and {max_pixels / 1e6:g} megapixels), type an expression "
-        f"that names one object (at most {max_chars} characters) and press **Locate**. Red: predicted box; yellow "
-        "dot: the model's predicted coordinate; heat maps: where the prediction token looks in each reasoning layer."
+        f"{names} (at most {max_chars} characters) and press **Locate**. {boxes}; {point}; heat maps: where the "
+        "prediction token looks in each reasoning layer."
     )
     if caveat:
         text += f"\n\n**Note:** {caveat[0].upper() + caveat[1:]}. For real images, serve a model trained on your " \
@@ -184,8 +203,10 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
         return out.overlay, out.attention, out.result, out.message
 
     with gr.Blocks(title="LGR-NET demo") as app:
-        gr.Markdown(page_intro(max_chars=max_chars, max_pixels=max_pixels,
-                               caveat=getattr(predictor, "caveat", None)))
+        gr.Markdown(page_intro(max_chars=max_chars, max_pixels=max_pixels, caveat=getattr(predictor, "caveat", None),
+                               generalized=bool(getattr(predictor, "generalized", False)),
+                               threshold=getattr(predictor, "threshold", None),
+                               coord_trained=bool(getattr(predictor, "coord_trained", False))))
         with gr.Row():
             with gr.Column(scale=1):
                 # "filepath" so that the handler decodes (and bomb-checks) the upload itself.

@@ -37,7 +37,7 @@ DTypeLike = str | torch.dtype | None
 BACKENDS = ("torch", "onnxruntime")
 #: Version of the prediction record layout that `lgrnet predict --json`, its batch output and the server write
 #: (Prediction.to_dict's fields); raised when a field changes meaning or goes away (new fields keep it: `boxes`,
-#: `scores`, `found`, `threshold` and `coord_trained` joined version 1 with the generalized head).
+#: `scores`, `found`, `threshold`, `box_score` and `coord_trained` joined version 1 with the generalized head).
 PREDICTION_SCHEMA_VERSION = 1
 
 
@@ -55,8 +55,9 @@ class Prediction:
     it; a classic model always finds its one box: ``boxes == [box_xyxy]``, ``scores`` None (it has no score),
     ``found`` True, ``threshold`` None.
 
-    ``coord_trained`` says whether the model's coordinate head was trained by a loss (``loss.coord_weight > 0``).
-    The paper's is trained by none, so its point carries no meaning of its own; pictures draw it only when True.
+    ``coord_trained`` says whether the model's coordinate head was trained by a loss of its own
+    (``loss.coord_weight > 0``). The paper's has none (it learns only what helps the box through its embedding),
+    so its point need not mark the object; pictures draw it only when True.
     """
 
     expression: str
@@ -78,6 +79,7 @@ class Prediction:
     scores: list[float] | None = None
     found: bool = True
     threshold: float | None = None
+    box_score: float | None = None  # a generalized head's score of box_xyxy (its top token), found or not
     coord_trained: bool = True
 
     def __post_init__(self) -> None:
@@ -105,6 +107,27 @@ class Prediction:
             raise LGRNetError("this prediction has no attention: call predict(..., attention=True)")
         return merge_word_pieces(self.tokens, self.word_attention[layer])
 
+    def describe(self, separator: str = "\n") -> str:
+        """The answer in words: a classic model's box and coordinate; for a generalized head every box found with
+        its score, or "no match" with the best score against the threshold (and the coordinate only when the
+        model's coordinate head was trained)."""
+        coordinate = f"coordinate (x, y) = ({self.coord[0]:.3f}, {self.coord[1]:.3f})"
+        if not self.generalized:
+            x1, y1, x2, y2 = self.box_xyxy
+            return f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}) px; {coordinate}"
+        threshold = self.threshold if self.threshold is not None else float("nan")
+        if not self.found:
+            best = "" if self.box_score is None else f" (best score {self.box_score:.2f})"
+            lines = [f"no match: no box scored {threshold:.2f} or more{best}"]
+        else:
+            count = len(self.boxes or [])
+            lines = [f"found {count} box{'es' if count > 1 else ''} (score >= {threshold:.2f}):"]
+            lines += [f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}) px, score {score:.2f}"
+                      for (x1, y1, x2, y2), score in zip(self.boxes or [], self.scores or [])]
+        if self.coord_trained:
+            lines.append(coordinate)
+        return separator.join(lines)
+
     def to_dict(self, attention: bool = False) -> dict[str, Any]:
         """JSON-ready dict (the CLI's output); attention as nested lists when asked for."""
         out: dict[str, Any] = {
@@ -119,6 +142,7 @@ class Prediction:
             "scores": None if self.scores is None else [round(v, 6) for v in self.scores],
             "found": self.found,
             "threshold": self.threshold,
+            "box_score": None if self.box_score is None else round(self.box_score, 6),
             "coord_trained": self.coord_trained,
         }
         if attention and self.visual_attention is not None:
@@ -158,8 +182,7 @@ class Predictor(
         threshold: float | None = None,
     ) -> None:
         self.config = config
-        #: The score a generalized head's box needs (None for a classic model, which has no scores).
-        self.threshold = self._check_threshold(threshold, config.model.grec.threshold)
+        self.threshold = threshold
         self.device = _resolve_device(device)
         # "dtype" in the errors: the argument's name here (an fp32/bf16/fp16 name, an alias or a torch dtype).
         self.autocast_dtype = autocast_dtype(dtype, self.device, what="dtype")
@@ -183,6 +206,16 @@ class Predictor(
         """The model's coordinate head was trained by a loss (``loss.coord_weight > 0``): its point means
         something. The paper's coordinate head is trained by none; without one the box centre stands in."""
         return self.config.model.coord_embed != "none" and float(self.config.loss.coord_weight) > 0
+
+    @property
+    def threshold(self) -> float | None:
+        """The score a generalized head's box needs to be returned (None for a classic model, which has no
+        scores). Setting None restores the model's own (``model.grec.threshold``)."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float | None) -> None:
+        self._threshold = self._check_threshold(value, self.config.model.grec.threshold)
 
     def _check_threshold(self, threshold: float | None, default: float | None = None) -> float | None:
         if not self.generalized:
@@ -356,10 +389,11 @@ class Predictor(
         # Without a coordinate branch (coord_embed "none") the box centre stands in for the coordinate.
         coords = out.coord if out.coord is not None else out.pred_boxes[:, :2]
         boxes, points = self.processor.post_process(out.pred_boxes, inputs.letterboxes, coords)
-        sets = None
+        sets = top_scores = None
         if threshold is not None:  # the generalized head: its last layer's tokens
             sets = self.processor.post_process_sets(out.token_boxes[-1], out.token_logits[-1], inputs.letterboxes,
                                                     threshold)
+            top_scores = out.token_logits[-1].float().sigmoid().amax(dim=-1).cpu().tolist()
         results = []
         for i, letterbox in enumerate(inputs.letterboxes):
             width, height = letterbox.original_size
@@ -382,6 +416,7 @@ class Predictor(
                 prediction.scores = [float(v) for v in scores]
                 prediction.found = bool(prediction.boxes)
                 prediction.threshold = threshold
+                prediction.box_score = top_scores[i]
             if attention:
                 self._attach_attention(prediction, out, i, batch.input_ids[i], batch.attention_mask[i])
             results.append(prediction)
@@ -428,6 +463,22 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise LGRNetError(f"device {device!r}: MPS is not available on this machine")
     return resolved
+
+
+def check_threshold_option(value: float | None, option: str = "--threshold") -> None:
+    """A command's threshold flag is a score between 0 and 1 (checked before a model is loaded)."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise LGRNetError(f"{option} {value:g}: expected a score between 0 and 1")
+
+
+def apply_threshold_option(predictor: Predictor, value: float | None, option: str = "--threshold") -> None:
+    """Give ``predictor`` a command's threshold flag (None: keep the model's); an error for a classic model."""
+    if value is None:
+        return
+    if not predictor.generalized:
+        raise LGRNetError(f"{option} {value:g}: the model {predictor.config.name} has no generalized head "
+                          "(model.grec.enabled): its one box has no score")
+    predictor.threshold = value
 
 
 def _as_pair(item: object, index: int) -> tuple[ImageInput, str]:

@@ -71,7 +71,8 @@ def create_app(predictor: Predictor, limits: ServerLimits | None = None) -> Fast
     app = FastAPI(
         title="LGR-NET grounding server",
         version=__version__,
-        description="Ground referring expressions in images: one box and one point per expression.",
+        description="Ground referring expressions in images: per expression the box(es) the model returns (a "
+        "model with the generalized head: zero, one or many, each with a score) and the predicted point.",
         lifespan=lifespan,
     )
     app.state.predictor, app.state.limits, app.state.batcher = predictor, limits, batcher
@@ -122,6 +123,8 @@ def describe_model(predictor: Predictor, limits: ServerLimits) -> dict[str, Any]
         "name": predictor.config.name,
         "schema_version": SCHEMA_VERSION,
         "caveat": predictor.caveat,
+        "generalized": predictor.generalized,
+        "threshold": predictor.threshold,
         "config": {
             "image_size": model.image_size,
             "max_length": model.text.max_length,

@@ -4,7 +4,10 @@ A grounding response is ``{"schema_version", "model", "image_size", "predictions
 ``"model_caveat"`` for a model that has one); each prediction is :meth:`Prediction.to_dict`, the record
 ``lgrnet predict --json`` prints: ``box_xyxy`` in original-image pixels, ``box_normalized`` the same divided by
 (W, H, W, H), ``coord`` the predicted point normalised to the image, ``coord_xy`` in pixels and
-``expression_truncated`` when the expression had more word pieces than the model reads.
+``expression_truncated`` when the expression had more word pieces than the model reads. ``boxes``, ``scores`` and
+``found`` are the boxes the model returns: for a model with the generalized head every box whose score reaches
+``threshold`` (possibly none; ``box_xyxy`` stays its highest-scoring box, with ``box_score``), for a classic model
+its one box (``scores`` null, ``found`` true).
 """
 
 from __future__ import annotations
@@ -36,9 +39,19 @@ class PredictionOut(BaseModel):
     image_size: list[int] = Field(description="(width, height) of the upright image in pixels")
     box_xyxy: list[float] = Field(description="(x1, y1, x2, y2) in original-image pixels")
     box_normalized: list[float] = Field(description="box_xyxy divided by (W, H, W, H)")
-    coord: list[float] = Field(description="the predicted point (x, y), normalised to the image")
+    coord: list[float] = Field(description="the predicted point (x, y), normalised to the image (see coord_trained)")
     coord_xy: list[float] = Field(description="the predicted point (x, y) in pixels")
     expression_truncated: bool = Field(description="the expression had more word pieces than the model reads")
+    boxes: list[list[float]] = Field(description="every box returned, (x1, y1, x2, y2) pixels, highest score first: "
+                                     "a generalized head's boxes scoring at least threshold (maybe none), a "
+                                     "classic model's one box")
+    scores: list[float] | None = Field(description="the boxes' scores (0 to 1); null for a classic model")
+    found: bool = Field(description="at least one box was returned (always true for a classic model)")
+    threshold: float | None = Field(description="the score a box needed; null for a classic model")
+    box_score: float | None = Field(description="the score of box_xyxy, the highest-scoring box, found or not; "
+                                    "null for a classic model")
+    coord_trained: bool = Field(description="the coordinate head was trained by a loss of its own; when false "
+                                "(as in the paper) the point need not mark the object")
 
 
 class GroundResponse(BaseModel):
