@@ -5,8 +5,9 @@
 Beside ``model.onnx`` it writes ``model.json`` (what the processor needs: canvas size, normalisation, tokenizer,
 text length; the model's config; a ``schema_version``) and ``model.tokenizer/``. The graph takes letterboxed
 pixels, their padding mask, token ids and the attention mask for any batch size, and returns the box and the
-coordinate on the canvas; ``Predictor.from_pretrained("model.onnx", backend="onnxruntime")`` runs it with the
-same pre- and post-processing as the PyTorch model.
+coordinate on the canvas (for a model with the generalized head also every token's box and score logit);
+``Predictor.from_pretrained("model.onnx", backend="onnxruntime")`` runs it with the same pre- and post-processing
+as the PyTorch model, boxes, scores and threshold included.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     onnx = formats.add_parser(
         "onnx", help="an ONNX graph (dynamic batch) + the JSON and tokenizer the processor needs",
         description="Export a trained LGR-NET as an ONNX graph with a dynamic batch axis, from letterboxed pixels, "
-        "pad mask, token ids and attention mask to the box and the coordinate; beside it a JSON (same name, "
+        "pad mask, token ids and attention mask to the box and the coordinate (and, for a model with the "
+        "generalized head, every token's box and score logit); beside it a JSON (same name, "
         ".json) with what the pre- and post-processing need and the tokenizer's files (NAME.tokenizer/).")
     onnx.add_argument("--checkpoint", required=True,
                       help="the model to export: a model folder, a training output folder, a shipped model name "

@@ -1,13 +1,16 @@
 """LGR-NET as an ONNX graph: :func:`export_onnx` writes it, :func:`load_onnx` runs it in onnxruntime.
 
-The graph computes the model from its four inputs to its two outputs, with a dynamic batch axis:
+The graph computes the model from its four inputs to its outputs, with a dynamic batch axis:
 
 * ``images`` [B, 3, S, S] float32, ImageNet-normalised and letterboxed (zero padding);
 * ``image_mask`` [B, S, S] bool, True on the padding;
 * ``input_ids`` and ``attention_mask`` [B, L] int64, exactly ``max_length`` word pieces (1 = real token);
 * ``pred_boxes`` [B, 4] float32: the box as (cx, cy, w, h) / S on the canvas;
 * ``coord`` [B, 2] float32: the predicted coordinate as (x, y) / S on the canvas (the box centre for a model
-  without a coordinate branch).
+  without a coordinate branch);
+* for a model with the generalized head (``model.grec.enabled``) also ``token_boxes`` [B, K, 4] float32, every
+  token's box of the last layer as (cx, cy, w, h) / S, and ``token_logits`` [B, K] float32, their score logits
+  (score = sigmoid); ``pred_boxes`` is then the highest-scoring token's box.
 
 Everything around the graph stays in Python and is the :class:`~lgrnet.inference.processor.Processor`'s: image
 decoding, the letterbox, tokenisation and the mapping back to original-image pixels. A JSON file beside the graph
@@ -42,6 +45,8 @@ SCHEMA_VERSION = 1
 SIDECAR_FORMAT = "lgrnet-onnx"
 INPUT_NAMES = ("images", "image_mask", "input_ids", "attention_mask")
 OUTPUT_NAMES = ("pred_boxes", "coord")
+#: The further outputs of a model with the generalized head: its last layer's token boxes and score logits.
+GREC_OUTPUT_NAMES = ("token_boxes", "token_logits")
 #: Weight precisions of an exported graph; its inputs and outputs are float32 either way.
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 #: The lowest opset the dynamo exporter writes.
@@ -98,9 +103,16 @@ def check_opset(opset: int | None) -> None:
         raise LGRNetError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {newest}")
 
 
+def output_names(config: Config) -> tuple[str, ...]:
+    """The graph's outputs for a model of ``config``: (pred_boxes, coord), and the token boxes and logits of a
+    generalized head."""
+    return OUTPUT_NAMES + (GREC_OUTPUT_NAMES if config.model.grec.enabled else ())
+
+
 class GroundingGraph(nn.Module):
-    """The model from (images, image_mask, input_ids, attention_mask) to (pred_boxes, coord): the function the
-    ONNX graph holds. The model's weights may be in another precision; inputs and outputs stay float32."""
+    """The model from (images, image_mask, input_ids, attention_mask) to (pred_boxes, coord[, token_boxes,
+    token_logits]): the function the ONNX graph holds. The model's weights may be in another precision; inputs and
+    outputs stay float32."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -108,13 +120,16 @@ class GroundingGraph(nn.Module):
         self.weight_dtype = next(model.parameters()).dtype
 
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.weight_dtype != torch.float32:
             images = images.to(self.weight_dtype)
         out = self.model(images, image_mask, input_ids, attention_mask)
         # Without a coordinate branch the box centre stands in for the coordinate (as in Predictor).
         coord = out.coord if out.coord is not None else out.pred_boxes[:, :2]
-        return out.pred_boxes.float(), coord.float()
+        outputs = (out.pred_boxes.float(), coord.float())
+        if out.token_boxes is not None:  # the generalized head: its last layer's tokens
+            outputs += (out.token_boxes[-1].float(), out.token_logits[-1].float())
+        return outputs
 
 
 def sample_inputs(config: Config, tokenizer: Any, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -160,7 +175,8 @@ def export_onnx(model: nn.Module, config: Config, out: str | os.PathLike, *, tok
     dynamic_shapes = {name: {0: batch} for name in INPUT_NAMES}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(graph, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, opset_version=opset,
-                                    input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False)
+                                    input_names=list(INPUT_NAMES), output_names=list(output_names(config)),
+                                    verbose=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
     written_opset = _default_opset(program.model_proto)
@@ -168,7 +184,7 @@ def export_onnx(model: nn.Module, config: Config, out: str | os.PathLike, *, tok
     tokenizer.save_pretrained(str(tokenizer_folder))
     sidecar = _sidecar(config, path, tokenizer_folder, written_opset, dtype, caveat)
     sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + "\n")
-    difference = _max_difference(graph, path, inputs) if verify else None
+    difference = _max_difference(graph, path, inputs, output_names(config)) if verify else None
     return OnnxExport(path, sidecar_path(path), tokenizer_folder, written_opset, dtype, difference)
 
 
@@ -176,6 +192,17 @@ def _sidecar(config: Config, path: Path, tokenizer_folder: Path, opset: int, dty
              caveat: str | None) -> dict[str, Any]:
     size = config.model.image_size
     text = config.model.text
+    outputs = {
+        "pred_boxes": {"shape": ["batch", 4], "dtype": "float32", "meaning": "(cx, cy, w, h) / image_size"},
+        "coord": {"shape": ["batch", 2], "dtype": "float32", "meaning": "(x, y) / image_size"},
+    }
+    if config.model.grec.enabled:
+        k = config.model.grec.num_queries
+        outputs["token_boxes"] = {"shape": ["batch", k, 4], "dtype": "float32",
+                                  "meaning": "every token's box, (cx, cy, w, h) / image_size"}
+        outputs["token_logits"] = {"shape": ["batch", k], "dtype": "float32",
+                                   "meaning": "score logits: a box is found when sigmoid(logit) >= threshold "
+                                              "(config.model.grec.threshold)"}
     return {
         "schema_version": SCHEMA_VERSION,
         "format": SIDECAR_FORMAT,
@@ -196,23 +223,21 @@ def _sidecar(config: Config, path: Path, tokenizer_folder: Path, opset: int, dty
             "input_ids": {"shape": ["batch", text.max_length], "dtype": "int64"},
             "attention_mask": {"shape": ["batch", text.max_length], "dtype": "int64"},
         },
-        "outputs": {
-            "pred_boxes": {"shape": ["batch", 4], "dtype": "float32", "meaning": "(cx, cy, w, h) / image_size"},
-            "coord": {"shape": ["batch", 2], "dtype": "float32", "meaning": "(x, y) / image_size"},
-        },
+        "outputs": outputs,
         "caveat": caveat,
         "config": config.to_dict(),
     }
 
 
-def _max_difference(graph: GroundingGraph, path: Path, inputs: tuple[torch.Tensor, ...]) -> float | None:
+def _max_difference(graph: GroundingGraph, path: Path, inputs: tuple[torch.Tensor, ...],
+                    names: tuple[str, ...]) -> float | None:
     """Largest absolute difference between onnxruntime's and PyTorch's outputs on ``inputs``."""
     try:
         import onnxruntime
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUT_NAMES), {name: x.numpy() for name, x in zip(INPUT_NAMES, inputs)})
+    got = session.run(list(names), {name: x.numpy() for name, x in zip(INPUT_NAMES, inputs)})
     with torch.no_grad():
         expected = graph(*inputs)
     return max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
@@ -243,19 +268,25 @@ def _quiet_exporter() -> Iterator[None]:
 
 @dataclass
 class OnnxOutput:
-    """The graph's outputs as tensors (the attributes of the PyTorch model's output that Predictor reads)."""
+    """The graph's outputs as tensors (the attributes of the PyTorch model's output that Predictor reads). The
+    token boxes and logits of a generalized head come with a leading layer axis of one (the last layer), as the
+    PyTorch model's [N, B, K, ...] outputs are read at ``[-1]``."""
 
     pred_boxes: torch.Tensor
     coord: torch.Tensor
+    token_boxes: torch.Tensor | None = None  # [1, B, K, 4]
+    token_logits: torch.Tensor | None = None  # [1, B, K]
 
 
 class OnnxGroundingModel(nn.Module):
     """An exported graph in an onnxruntime session, called like the PyTorch model (no parameters: moving it to a
-    device or into eval mode changes nothing; the session's providers decide where it runs)."""
+    device or into eval mode changes nothing; the session's providers decide where it runs). ``output_names`` are
+    the graph's outputs (default: the session's)."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, output_names: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.session = session
+        self.output_names = tuple(output_names or (o.name for o in session.get_outputs()))
 
     def forward(self, images: torch.Tensor, image_mask: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor, output_attentions: bool = False) -> OnnxOutput:
@@ -263,9 +294,12 @@ class OnnxGroundingModel(nn.Module):
             raise LGRNetError("the ONNX graph holds no attention maps: use the torch backend for attention=True")
         feeds = {"images": images.float(), "image_mask": image_mask.bool(), "input_ids": input_ids.long(),
                  "attention_mask": attention_mask.long()}
-        boxes, coord = self.session.run(list(OUTPUT_NAMES),
-                                        {name: x.detach().cpu().numpy() for name, x in feeds.items()})
-        return OnnxOutput(torch.from_numpy(boxes), torch.from_numpy(coord))
+        got = self.session.run(list(self.output_names), {name: x.detach().cpu().numpy() for name, x in feeds.items()})
+        outputs = dict(zip(self.output_names, (torch.from_numpy(array) for array in got)))
+        token_boxes, token_logits = outputs.get("token_boxes"), outputs.get("token_logits")
+        return OnnxOutput(outputs["pred_boxes"], outputs["coord"],
+                          None if token_boxes is None else token_boxes[None],
+                          None if token_logits is None else token_logits[None])
 
 
 @dataclass
@@ -337,7 +371,12 @@ def load_onnx(ref: str | os.PathLike, device: str | torch.device = "cpu", *,
     tokenizer = _load_tokenizer(onnx_path, sidecar, config)
     session = onnxruntime.InferenceSession(str(onnx_path), sess_options=session_options,
                                            providers=_providers(onnxruntime, torch.device(device)))
-    return LoadedOnnx(OnnxGroundingModel(session), config, tokenizer, sidecar.get("caveat"), sidecar)
+    names = output_names(config)
+    missing = sorted(set(names) - {o.name for o in session.get_outputs()})
+    if missing:
+        raise CheckpointError(f"ONNX model {onnx_path}: the graph lacks the output(s) {', '.join(missing)} its "
+                              "config calls for (export it again with lgrnet export onnx)")
+    return LoadedOnnx(OnnxGroundingModel(session, names), config, tokenizer, sidecar.get("caveat"), sidecar)
 
 
 def _load_tokenizer(onnx_path: Path, sidecar: dict[str, Any], config: Config) -> Any:
