@@ -448,10 +448,12 @@ class Trainer:
 
     def _take_best(self) -> bool:
         """Whether the latest validation beats the best so far; if so it becomes the best (saved with the next
-        checkpoint, which is then published as ``best``)."""
-        if self.last_val["acc50"] <= self.best_acc50:
+        checkpoint, which is then published as ``best``). The measure is Acc@0.5, or for a model with the
+        generalized head Precision@(F1=1, IoU>=0.5) at its threshold (kept in the same ``best_acc50`` field)."""
+        value = self.last_val.get("grec_precision", self.last_val["acc50"])
+        if value <= self.best_acc50:
             return False
-        self.best_acc50 = self.last_val["acc50"]
+        self.best_acc50 = value
         return True
 
     def _save_checkpoint(self, name: str, best: bool = False, also: str | None = None) -> Path | None:
@@ -509,8 +511,11 @@ class Trainer:
         self.logger.log("val", self.step, self.last_val, epoch=epoch if log_epoch is None else log_epoch)
         if self.info.is_main:
             m = self.last_val
+            grec = "".join(f" {label} {'-' if m[key] is None else format(m[key], '.2f')}" for label, key in (
+                ("| Prec@F1=1", "grec_precision"), ("N-acc", "grec_n_acc"), ("single-target Acc@0.5",
+                                                                              "grec_single_acc50")) if key in m)
             print(f"lgrnet train: epoch {epoch} step {self.step}: val Acc@0.5 {m['acc50']:.2f} "
-                  f"Acc@0.75 {m['acc75']:.2f} mIoU {m['miou']:.2f}", flush=True)
+                  f"Acc@0.75 {m['acc75']:.2f} mIoU {m['miou']:.2f}{grec}", flush=True)
         return time.monotonic() - t0
 
 
