@@ -20,14 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SMOKE = REPO_ROOT.parent / "shared" / "data" / "real_smoke"
 
 
-def make_tiny_checkpoint(folder: Path, preset: str = "lgrnet-swin-s", seed: int = 0) -> Path:
-    """A tiny-twin LGR-NET with random weights saved as a model folder (config.yaml + model.safetensors)."""
+def make_tiny_checkpoint(folder: Path, preset: str = "lgrnet-swin-s", seed: int = 0,
+                         overrides: list[str] | None = None) -> Path:
+    """A tiny-twin LGR-NET with random weights saved as a model folder (config.yaml + model.safetensors);
+    ``overrides`` (``key.sub=value``) change its config, e.g. ``["model.grec.enabled=true"]``."""
     from tiny_configs import tiny_twin
 
+    from lgrnet.config import apply_overrides
     from lgrnet.model.io import save_model
     from lgrnet.model.lgrnet import LGRNet
 
-    config = tiny_twin(preset)
+    config = apply_overrides(tiny_twin(preset), overrides)
     torch.manual_seed(seed)
     model = LGRNet(config.model, config.loss).eval()
     return save_model(model, config, folder)
