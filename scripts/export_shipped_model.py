@@ -1,5 +1,5 @@
 """Export a trained SynthRef checkpoint as the package's shipped model (``src/lgrnet/weights/synthref-small/``,
-the shipped name ``synthref``).
+the shipped name ``synthref``; a model with the generalized head goes to ``synthref-g-small/``, ``synthref-g``).
 
 The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``, read by
 :func:`lgrnet.model.io.load_model`) with three differences from a training checkpoint:
@@ -13,7 +13,8 @@ The folder is an ordinary model folder (``config.yaml`` + ``model.safetensors``,
   the shipped model reproduces; ``--source`` describes where the weights come from (no machine paths are
   written);
 * the data section names ``data/synthref`` (``lgrnet synth --out data/synthref --num-train 0`` writes the
-  val/testA/testB sets the model is measured on), not the training machine's folder.
+  val/testA/testB sets the model is measured on; ``data/synthref-g`` and ``--grec`` for a model with the
+  generalized head, whose recorded sample is SynthRef-G), not the training machine's folder.
 
 ``--set train.batch_size=16`` and the like change the config's data and training settings: the ones a user's
 fine-tune starts from (the quickstart's, say) when the model's last stage ran elsewhere, such as on a GPU.
@@ -44,6 +45,9 @@ from lgrnet.model.registry import resolve_model
 #: val/testA/testB (seed 0, 1000 expressions each: the sets the shipped model is measured on).
 SHIPPED_DATA_ROOT = "data/synthref"
 
+#: The same for a model with the generalized head: `lgrnet synth --grec --out data/synthref-g --num-train 0`.
+SHIPPED_GREC_DATA_ROOT = "data/synthref-g"
+
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -51,7 +55,7 @@ def export(checkpoint: Path, out: Path, dtype: str, max_mb: float, sample_seed: 
            cache: Path, overrides: list[str] | None = None, source: str | None = None) -> dict:
     model, config = load_model(checkpoint)
     if config.data.format == "synth":
-        config.data.root = SHIPPED_DATA_ROOT
+        config.data.root = SHIPPED_GREC_DATA_ROOT if config.model.grec.enabled else SHIPPED_DATA_ROOT
     if overrides:
         if any(o.split("=", 1)[0].strip().startswith("model.") for o in overrides):
             raise SystemExit("export: --set cannot change model.* (the weights define the model)")

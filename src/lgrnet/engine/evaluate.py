@@ -392,9 +392,17 @@ _OLD_NAMES = {"acc@0.5": "acc50", "acc@0.75": "acc75", "acc@0.5_original": "orig
 def summarize_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The headline metrics (the engine's names: ``acc50``, ``acc75``, ``miou``, ``orig_acc50``, in percent,
     rounded to 2 decimals) and the sample ``count``."""
-    return {"acc50": round(metrics["acc50"], 2), "acc75": round(metrics["acc75"], 2),
-            "miou": round(metrics["miou"], 2), "orig_acc50": round(metrics["orig_acc50"], 2),
-            "count": int(metrics["count"])}
+    summary = {"acc50": round(metrics["acc50"], 2), "acc75": round(metrics["acc75"], 2),
+               "miou": round(metrics["miou"], 2), "orig_acc50": round(metrics["orig_acc50"], 2),
+               "count": int(metrics["count"])}
+    for key in GREC_HEADLINE:  # a model with the generalized head
+        if metrics.get(key) is not None:
+            summary[key] = round(metrics[key], 2)
+    return summary
+
+
+#: The generalized-REC metrics :func:`summarize_metrics` keeps when they are there.
+GREC_HEADLINE = ("grec_precision", "grec_n_acc", "grec_single_acc50", "grec_threshold")
 
 
 def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -405,14 +413,16 @@ def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def sample_accuracy(model: nn.Module, config: Config, cache: Path, seed: int, num: int,
                     split: str = "val") -> dict[str, float]:
     """:func:`summarize_metrics` of ``model`` on a fixed SynthRef sample: ``num`` expressions of ``split`` for
-    ``seed`` (generated into ``cache`` once), on the CPU. Model folders record this at export."""
+    ``seed`` (generated into ``cache`` once), on the CPU. Model folders record this at export. A model with the
+    generalized head is measured on SynthRef-G (single-, multi- and no-target expressions) instead."""
     import copy
 
     from lgrnet.synth import ensure_synthref
 
-    folder = cache / f"synthref-{seed}-{split}{num}"
+    grec = config.model.grec.enabled
+    folder = cache / f"synthref{'-g' if grec else ''}-{seed}-{split}{num}"
     ensure_synthref(folder, seed=seed, num_train=0, num_val=num if split == "val" else 0,
-                    num_test=num if split != "val" else 0)
+                    num_test=num if split != "val" else 0, grec=grec)
     config = copy.deepcopy(config)
     config.data.format, config.data.root, config.data.num_workers = "synth", str(folder), 0
     evaluation = evaluate_split(model.to("cpu"), config, split, batch_size=32)
