@@ -40,7 +40,7 @@ _one_line_error = one_line_error
 
 def test_shipped_names_resolve_to_the_folder_named_after_its_architecture(monkeypatch):
     monkeypatch.delenv(SHIPPED_MODEL_ENV, raising=False)
-    assert shipped_names() == ["synthref", "synthref-small"]
+    assert shipped_names() == ["synthref", "synthref-small", "synthref-g", "synthref-g-small"]
     assert shipped_model_folder("synthref") == shipped_model_folder("synthref-small") == SHIPPED
     assert not (WEIGHTS_DIR / "synthref-tiny").exists()
     if has_model(SHIPPED):
@@ -53,9 +53,11 @@ def test_a_wrong_name_lists_the_known_names(tmp_path):
     with pytest.raises(CheckpointError) as info:
         resolve_model("synthref-tiny", "--checkpoint")
     assert str(info.value) == ("--checkpoint synthref-tiny: no such folder, and not a shipped model name, nor a "
-                               "Hugging Face hub id owner/name (shipped models: synthref, synthref-small)")
+                               "Hugging Face hub id owner/name (shipped models: synthref, synthref-small, "
+                               "synthref-g, synthref-g-small)")
     with pytest.raises(CheckpointError, match=r"^train.init_from nope: no such folder, and not a shipped model "
-                                              r"name \(shipped models: synthref, synthref-small\)$"):
+                                              r"name \(shipped models: synthref, synthref-small, synthref-g, "
+                                              r"synthref-g-small\)$"):
         resolve_model("nope", "train.init_from", hub=False)
     with pytest.raises(CheckpointError, match="missing: no such folder$"):
         resolve_model(tmp_path / "missing")
@@ -92,6 +94,47 @@ def test_the_environment_variable_replaces_only_the_default_alias(tmp_path, monk
     monkeypatch.setenv(SHIPPED_MODEL_ENV, str(tmp_path / "empty"))
     with pytest.raises(CheckpointError, match="synthref: the shipped model is not in this build"):
         resolve_model("synthref")
+
+
+def test_synthref_g_names_the_generalized_model_folder_and_is_plainly_absent_without_weights(tmp_path, monkeypatch):
+    import lgrnet.model.registry as registry
+    from lgrnet.model.registry import SHIPPED_GREC_MODEL_ENV, caveat_for
+
+    monkeypatch.delenv(SHIPPED_MODEL_ENV, raising=False)
+    monkeypatch.delenv(SHIPPED_GREC_MODEL_ENV, raising=False)
+    assert shipped_model_folder("synthref-g") == shipped_model_folder("synthref-g-small") \
+        == WEIGHTS_DIR / "synthref-g-small"
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
+    folder = tmp_path / "weights" / "synthref-g-small"
+    for state in ("absent", "empty"):  # no folder at all, then a folder without weights
+        if state == "empty":
+            folder.mkdir(parents=True)
+        with pytest.raises(CheckpointError) as info:
+            resolve_model("synthref-g", "--checkpoint")
+        assert str(info.value) == (f"--checkpoint synthref-g: the shipped model is not in this build ({folder} "
+                                   "holds no config.yaml + model.safetensors)")
+    from PIL import Image
+
+    Image.new("RGB", (32, 24)).save(tmp_path / "scene.png")
+    code, _, err = _cli(["predict", "--checkpoint", "synthref-g", "--image", str(tmp_path / "scene.png"), "--text",
+                         "all the circles"])
+    assert code == 2 and "synthref-g: the shipped model is not in this build" in _one_line_error(err, "predict")
+
+    from inference_helpers import make_tiny_checkpoint
+
+    make_tiny_checkpoint(folder, "lgrnet-tiny", overrides=["model.grec.enabled=true"])
+    assert resolve_model("synthref-g") == resolve_model("synthref-g-small") == folder
+    assert load_config(folder / "config.yaml").model.grec.enabled
+    assert "SynthRef-G" in caveat_for(folder) and caveat_for(folder) != caveat_for(tmp_path / "weights" /
+                                                                                   "synthref-small")
+    # Its own environment variable stands in for synthref-g only (and its folder carries the same caveat).
+    other = tmp_path / "elsewhere"
+    monkeypatch.setenv(SHIPPED_GREC_MODEL_ENV, str(other))
+    assert shipped_model_folder("synthref-g") == other and shipped_model_folder("synthref-g-small") == folder
+    assert shipped_model_folder("synthref") == tmp_path / "weights" / "synthref-small"
+    assert caveat_for(other) == caveat_for(folder)
+    with pytest.raises(CheckpointError, match="synthref-g: the shipped model is not in this build"):
+        resolve_model("synthref-g")
 
 
 def test_the_package_data_ships_every_file_of_the_model_folders():

@@ -6,8 +6,8 @@ A model reference (``--checkpoint`` of eval/predict/demo/quickstart, ``train.ini
 1. an existing path: a model folder (``config.yaml`` + ``model.safetensors``), or a training output folder (its
    ``checkpoints/best``, else ``checkpoints/last``);
 2. a shipped model name (:data:`SHIPPED_MODELS`, or an alias from :data:`ALIASES`): a folder under the package's
-   ``weights/``. ``$LGRNET_SHIPPED_MODEL`` replaces the folder of the default alias ``synthref`` (tests, or a
-   SynthRef model trained elsewhere);
+   ``weights/``. ``$LGRNET_SHIPPED_MODEL`` replaces the folder of the default alias ``synthref``, and
+   ``$LGRNET_SHIPPED_GREC_MODEL`` that of ``synthref-g`` (tests, or a model trained elsewhere);
 3. a Hugging Face hub id ``owner/name``, downloaded where the caller allows it.
 
 Anything else is a one-line :class:`~lgrnet.errors.CheckpointError` that lists the shipped names.
@@ -29,26 +29,36 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 #: Shipped model name -> what it holds. The folder is ``WEIGHTS_DIR / name``; the name says the data and the size.
 SHIPPED_MODELS: dict[str, str] = {
     "synthref-small": "lgrnet-small trained on SynthRef (coloured shapes only)",
+    "synthref-g-small": "lgrnet-small with the generalized head (zero, one or many boxes with a score each) trained "
+                        "on SynthRef-G (coloured shapes only)",
 }
 #: Short names for shipped models.
-ALIASES: dict[str, str] = {"synthref": "synthref-small"}
+ALIASES: dict[str, str] = {"synthref": "synthref-small", "synthref-g": "synthref-g-small"}
 #: What a user must know before trusting a shipped model's boxes (shown by predict, the demo and the JSON output).
 CAVEATS: dict[str, str] = {
     "synthref-small": "the shipped synthref model knows only SynthRef's drawn coloured shapes; its boxes on "
                       "photographs are not meaningful (1 of 30 real COCO expressions right)",
+    "synthref-g-small": "the shipped synthref-g model knows only SynthRef-G's drawn coloured shapes; its boxes and "
+                        "scores on photographs are not meaningful",
 }
 #: The shipped model the quickstart starts from.
 DEFAULT_MODEL = "synthref"
 #: Environment variable naming another folder for :data:`DEFAULT_MODEL` (tests, or a model trained elsewhere).
 SHIPPED_MODEL_ENV = "LGRNET_SHIPPED_MODEL"
+#: The shipped model with the generalized head (the quickstart's GREC part).
+GREC_MODEL = "synthref-g"
+#: Environment variable naming another folder for :data:`GREC_MODEL`.
+SHIPPED_GREC_MODEL_ENV = "LGRNET_SHIPPED_GREC_MODEL"
+#: Alias -> the environment variable that may replace its folder.
+_FOLDER_ENV: dict[str, str] = {DEFAULT_MODEL: SHIPPED_MODEL_ENV, GREC_MODEL: SHIPPED_GREC_MODEL_ENV}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HUB_PATTERNS = [CONFIG_FILE, "*.safetensors", "*.json"]
 
 
 def shipped_names() -> list[str]:
-    """Every name a model reference may use for a shipped model (aliases first)."""
-    return [*ALIASES, *SHIPPED_MODELS]
+    """Every name a model reference may use for a shipped model: per model, its short names, then its own."""
+    return [n for model in SHIPPED_MODELS for n in (*(a for a, m in ALIASES.items() if m == model), model)]
 
 
 def is_shipped_name(name: str) -> bool:
@@ -57,16 +67,17 @@ def is_shipped_name(name: str) -> bool:
 
 def shipped_model_folder(name: str = DEFAULT_MODEL) -> Path:
     """The folder of a shipped model name (it may be empty in a build without weights; see :func:`has_model`)."""
-    if name == DEFAULT_MODEL and os.environ.get(SHIPPED_MODEL_ENV):
-        return Path(os.environ[SHIPPED_MODEL_ENV])
+    env = _FOLDER_ENV.get(name)
+    if env and os.environ.get(env):
+        return Path(os.environ[env])
     if name not in ALIASES and name not in SHIPPED_MODELS:
         raise CheckpointError(f"{name!r} is not a shipped model (known: {', '.join(shipped_names())})")
     return WEIGHTS_DIR / ALIASES.get(name, name)
 
 
 def caveat_for(folder: str | os.PathLike) -> str | None:
-    """The caveat of the shipped model whose folder ``folder`` is (also through ``$LGRNET_SHIPPED_MODEL``), else
-    None: a model a user trained carries none."""
+    """The caveat of the shipped model whose folder ``folder`` is (also through ``$LGRNET_SHIPPED_MODEL`` or
+    ``$LGRNET_SHIPPED_GREC_MODEL``), else None: a model a user trained carries none."""
     try:
         resolved = Path(folder).resolve()
     except OSError:
@@ -74,9 +85,9 @@ def caveat_for(folder: str | os.PathLike) -> str | None:
     for name, caveat in CAVEATS.items():
         if resolved == (WEIGHTS_DIR / name).resolve():
             return caveat
-    default = ALIASES.get(DEFAULT_MODEL, DEFAULT_MODEL)
-    if os.environ.get(SHIPPED_MODEL_ENV) and resolved == Path(os.environ[SHIPPED_MODEL_ENV]).resolve():
-        return CAVEATS.get(default)
+    for alias, env in _FOLDER_ENV.items():
+        if os.environ.get(env) and resolved == Path(os.environ[env]).resolve():
+            return CAVEATS.get(ALIASES.get(alias, alias))
     return None
 
 
