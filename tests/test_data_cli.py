@@ -145,3 +145,64 @@ def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
     assert shrink.main([str(tmp_path), "--split", "nope"]) == 2
     assert "nope.jsonl: no such split file" in capsys.readouterr().err
 
+
+
+def test_grefcoco_stats_count_target_set_kinds_per_split(tmp_path, capsys):
+    from test_grefcoco import _refs, _write
+
+    _write(tmp_path, _refs())
+    assert main(["data", "stats", "--format", "grefcoco", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| single | multi | none |" in out.splitlines()[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in out.splitlines() if line.startswith("| grefcoco(unc)")}
+    # By hand from the fixture: train = refs 1 (two sentences), 2 (two targets), 3 (no target); val = ref 4 (two
+    # targets) and ref 5 (no target, two sentences); testA/testB one single-target sentence each.
+    # columns: split, records, images, words mean/median/max, spatial, single, multi, none
+    assert [rows["grefcoco(unc) train"][i] for i in (1, 2, 7, 8, 9)] == ["4", "2", "2", "1", "1"]
+    assert [rows["grefcoco(unc) val"][i] for i in (1, 2, 7, 8, 9)] == ["3", "2", "0", "1", "2"]
+    assert [rows["grefcoco(unc) testA"][i] for i in (1, 7, 8, 9)] == ["1", "1", "0", "0"]
+    assert list(rows) == ["grefcoco(unc) train", "grefcoco(unc) val", "grefcoco(unc) testA", "grefcoco(unc) testB"]
+    assert main(["data", "stats", "--format", "grefcoco", "--root", str(tmp_path), "--split", "val"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| grefcoco")] == \
+        [line for line in out.splitlines() if line.startswith("| grefcoco(unc) val")]
+    assert main(["data", "stats", "--format", "grefcoco", "--root", str(tmp_path), "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lgrnet data: error: --split test:") and "train, val, testA, testB" in err
+    assert "\n" not in err
+    assert main(["data", "stats", "--format", "grefcoco", "--root", str(tmp_path), "--split-by", "umd"]) == 2
+    assert "grefs(umd).json" in capsys.readouterr().err
+
+
+def test_classic_stats_keep_their_columns(tmp_path, capsys):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"image": "a.png", "expression": "the cube", "box": [0, 0, 4, 4]}\n')
+    assert main(["data", "stats", "--format", "jsonl", "--root", str(path)]) == 0
+    assert "single" not in capsys.readouterr().out
+    path.write_text('{"image": "a.png", "expression": "the cube", "box": [0, 0, 4, 4]}\n'
+                    '{"image": "a.png", "expression": "both cubes", "boxes": [[0, 0, 4, 4], [5, 5, 9, 9]]}\n'
+                    '{"image": "b.png", "expression": "no star", "boxes": []}\n')
+    assert main(["data", "stats", "--format", "jsonl", "--root", str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| mixed"))
+    assert row.endswith("| 1 | 1 | 1 |")
+
+
+def test_grefcoco_convert_writes_each_target_set(tmp_path, capsys):
+    from test_grefcoco import BOXES, EXPECTED, _refs, _write
+
+    _write(tmp_path, _refs())
+    out = tmp_path / "out" / "grefcoco.jsonl"
+    assert main(["data", "convert", "--format", "grefcoco", "--root", str(tmp_path), "--image-root",
+                 str(tmp_path / "coco"), "--split", "val", "--split", "train", "-o", str(out)]) == 0
+    assert "wrote 7 records" in capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["split"] for line in lines] == ["val"] * 3 + ["train"] * 4  # grouped in the order asked
+    for line in lines:
+        expression, ann_ids, split, _ = EXPECTED[line["id"]]
+        assert line["expression"] == expression and line["split"] == split
+        assert line["boxes"] == [list(BOXES[a]) for a in ann_ids]
+        assert ("box" in line) == (len(ann_ids) == 1)  # a one-target set also carries box
+    back = {r.id: r for r in read_jsonl(out)}
+    assert back["grefcoco(unc)/5/51"].boxes == () and back["grefcoco(unc)/4/41"].boxes == (BOXES[201], BOXES[202])
+    assert Path(back["grefcoco(unc)/1/11"].image).resolve() == (tmp_path / "coco" /
+                                                               "COCO_train2014_000000000009.jpg").resolve()

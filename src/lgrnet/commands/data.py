@@ -6,6 +6,7 @@
   lgrnet data convert --format refer --root refer/data --dataset refcocog --split-by umd \\
       --image-root coco/train2014 --split train --split val --output refcocog_umd.jsonl
   lgrnet data stats --format hf-parquet --root RefCOCO --dataset refcoco     # a Hugging Face parquet download
+  lgrnet data stats --format grefcoco --root grefcoco                        # single/multi/no-target counts
   lgrnet data stats --format vg --root vg/region_descriptions.json \\
       --exclude-images-of data/splits/unc/unc_val.pth                        # what the leakage guard drops
 """
@@ -28,13 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("--format", choices=DATA_FORMATS, default="transvg", help="input format (default: %(default)s)")
         q.add_argument("--root", required=True, type=Path,
                        help="transvg: split root holding <dataset>/; refer: folder with <dataset>/refs(...).p; "
+                            "grefcoco: folder with [grefcoco/]grefs(...).json + instances.json; "
                             "vg: region_descriptions.json; jsonl/synth: a JSONL file or a folder of <split>.jsonl; "
                             "hf-parquet: a Hugging Face parquet download or one .parquet file")
         q.add_argument("--dataset", help="transvg key (unc, unc+, gref, gref_umd, referit, flickr), refer dataset, or "
                                          "hf-parquet dataset (refcoco, refcoco+, refcocog or a transvg key)")
         q.add_argument("--split", dest="splits", action="append", default=[], metavar="SPLIT",
                        help="split to read (repeatable; default: every split found)")
-        q.add_argument("--split-by", default="unc", help="refer: refs(<split-by>).p (default: %(default)s)")
+        q.add_argument("--split-by", default="unc",
+                       help="refer: refs(<split-by>).p; grefcoco: grefs(<split-by>).json (default: %(default)s)")
         q.add_argument("--image-root", type=Path, help="folder the records' image names are joined to")
         q.add_argument("--exclude-images-of", action="append", default=[], metavar="SPLIT_FILE",
                        help="vg: drop the VG images that are COCO images of this evaluation split file (TransVG "
@@ -57,6 +60,7 @@ def _sources(args: argparse.Namespace, extract_images: bool = False) -> list[tup
     """(label, records) for each requested split, read through the library's readers (``extract_images``:
     hf-parquet's embedded images are written to --image-root)."""
     from lgrnet.data.readers import (
+        read_grefcoco,
         read_hf_parquet,
         read_jsonl,
         read_refer,
@@ -84,6 +88,14 @@ def _sources(args: argparse.Namespace, extract_images: bool = False) -> list[tup
         records = read_refer(root, args.dataset, args.split_by, None, image_root)
         for split in args.splits or list(dict.fromkeys(r.split for r in records)):
             out.append((f"{args.dataset}({args.split_by}) {split}", [r for r in records if r.split == split]))
+    elif fmt == "grefcoco":
+        records = read_grefcoco(root, args.split_by, None, image_root)
+        found = list(dict.fromkeys(r.split for r in records))
+        for split in args.splits or found:
+            if split not in found:
+                raise LGRNetError(f"--split {split}: gRefCOCO grefs({args.split_by}) under {root} has no refs of "
+                                  f"that split (its splits: {', '.join(found) or 'none'})")
+            out.append((f"grefcoco({args.split_by}) {split}", [r for r in records if r.split == split]))
     elif fmt == "vg":
         path = root / "region_descriptions.json" if root.is_dir() else root
         if args.exclude_images_of:
