@@ -43,6 +43,9 @@ def test_count_mismatch_names_what_differs():
     (DataConfig(format="transvg", dataset="flickr"), "test", 14_481, ("Flickr30K Entities", None, 14_481, True)),
     (DataConfig(format="jsonl"), "val", 12, (None, None, None, None)),
     (DataConfig(format="synth"), "testA", 12, ("SynthRef", None, None, None)),
+    (DataConfig(format="grefcoco"), "val", 7, ("gRefCOCO", "unc", None, None)),
+    (DataConfig(format="grefcoco", dataset="refcoco", refer_split_by="umd"), "testA", 3,
+     ("gRefCOCO", "umd", None, None)),
 ])
 def test_split_provenance(data, split, count, expected):
     got = split_provenance(data, split, count)

@@ -121,6 +121,8 @@ def split_provenance(data: Any, split: str, count: int) -> dict[str, Any]:
         name, split_by = DATASET_NAMES[key]
     elif data.format == "refer":
         name, split_by = data.dataset, data.refer_split_by
+    elif data.format == "grefcoco":  # grefs(<split_by>).json; no standard split sizes are recorded for it
+        name, split_by = "gRefCOCO", data.refer_split_by
     else:
         name, split_by = ("SynthRef" if data.format == "synth" else None), None
     standard = STANDARD_COUNTS.get((key, split)) if key else None
