@@ -194,7 +194,8 @@ def draw_prediction(
     (yellow), ground truth (green, dashed: one box or a target set) and the expression.
 
     The point is drawn when ``point`` is True; by default (None) only when the model's coordinate head was
-    trained (``prediction.coord_trained``): the paper's is trained by no loss, so its point means nothing."""
+    trained by a loss of its own (``prediction.coord_trained``): the paper's has none, so its point need not mark
+    the object."""
     canvas = as_rgb_image(image)
     if canvas.size != tuple(prediction.image_size):
         raise ValueError(f"image is {canvas.size}, the prediction was made on an image of {prediction.image_size}")
