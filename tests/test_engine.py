@@ -21,7 +21,7 @@ from lgrnet.config import Config, TrainConfig, load_config
 from lgrnet.engine import checkpoint as ckpt
 from lgrnet.engine.optim import cosine_horizon, time_budget_horizon
 from lgrnet.engine.train import NonFiniteLossError, train
-from lgrnet.errors import DataError
+from lgrnet.errors import DataError, LGRNetError
 
 SMOKE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_smoke"
 REPO = Path(__file__).resolve().parents[1]
@@ -318,6 +318,41 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     cfg.write_text(config.to_yaml())
     assert main(["train", "--config", str(cfg), "--output-dir", str(tmp_path / "run2"), "--device", "cpu"]) == 2
     assert not (tmp_path / "run2").exists()
+
+
+def _target_set_rows(rows: list[dict]) -> list[dict]:
+    """The real samples with target sets: every third has none, every third two (its own box and another
+    expression's box on the same image), the rest one."""
+    by_image: dict[str, list[list[float]]] = {}
+    for r in rows:
+        by_image.setdefault(r["image"], []).append(r["bbox_xyxy"])
+    out = []
+    for i, r in enumerate(rows):
+        others = [b for b in by_image[r["image"]] if b != r["bbox_xyxy"]]
+        boxes = [] if i % 3 == 0 else [r["bbox_xyxy"], others[0]] if i % 3 == 2 and others else [r["bbox_xyxy"]]
+        out.append({"image": str(SMOKE / r["image"]), "expression": r["expression"], "boxes": boxes, "id": str(r["id"])})
+    return out
+
+
+def test_classic_model_refuses_target_sets_before_training(tmp_path):
+    rows = _target_set_rows(smoke_rows())
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(LGRNetError, match=r"record \S+: no target, but this model predicts exactly one box"):
+        train(tiny(tmp_path), tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_generalized_head_trains_and_keeps_the_best_by_grec_precision(tmp_path):
+    rows = _target_set_rows(smoke_rows())
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny(tmp_path, "model.grec.enabled=true", "model.grec.num_queries=3", "train.epochs=2")
+    result = train(config, tmp_path / "run", device="cpu")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    precision = [x["grec_precision"] for x in lines if x["kind"] == "val"]
+    assert len(precision) == 2 and result.best_acc50 == max(precision)
+    assert all(x["loss"] > 0 for x in lines if x["kind"] == "train")
 
 
 def test_eval_command_prints_metrics_and_writes_predictions(smoke_dir, tmp_path, capsys):

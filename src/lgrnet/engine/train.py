@@ -164,6 +164,8 @@ class Trainer:
         # Data first: a missing file is reported before anything slow happens.
         self.train_records = load_records(config.data, config.data.train_split)
         self.val_records = load_records(config.data, config.data.val_split) if tc.eval_every > 0 else []
+        if not config.model.grec.enabled:
+            _check_one_target(self.train_records, config.data.train_split)
         self.tokenizer = _build_tokenizer(config)
 
         resume_info = None
@@ -517,6 +519,15 @@ class Trainer:
             print(f"lgrnet train: epoch {epoch} step {self.step}: val Acc@0.5 {m['acc50']:.2f} "
                   f"Acc@0.75 {m['acc75']:.2f} mIoU {m['miou']:.2f}{grec}", flush=True)
         return time.monotonic() - t0
+
+
+def _check_one_target(records: list, split: str) -> None:
+    """A classic model learns exactly one box per expression: refuse no-target and multi-target records up front."""
+    for record in records:
+        if record.boxes is not None and len(record.boxes) != 1:
+            kind = "no target" if not record.boxes else f"{len(record.boxes)} targets"
+            raise LGRNetError(f"split {split!r}, record {record.id}: {kind}, but this model predicts exactly one box; "
+                              "train with model.grec.enabled=true (the generalized head) or on one-target data")
 
 
 @dataclass
