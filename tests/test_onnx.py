@@ -1,6 +1,7 @@
 """ONNX export (``lgrnet export onnx``) and the onnxruntime backend of the Predictor: the exported graph gives
-PyTorch's boxes (within 1e-4, normalised) for the shipped model at batch 1 and a larger batch and for a tiny
-Swin/QDA model; the JSON beside it holds what the processor needs; bad input is a one-line error."""
+PyTorch's boxes (within 1e-4, normalised) for the shipped model at batch 1 and a larger batch, for a tiny
+Swin/QDA model and (boxes and scores) for a tiny model with the generalized head; the JSON beside it holds what the
+processor needs; bad input is a one-line error."""
 
 from __future__ import annotations
 
@@ -139,6 +140,17 @@ def test_a_graph_without_its_json_or_from_a_newer_lgrnet_is_refused(swin_export,
         load_onnx(tmp_path / "missing.onnx")
 
 
+def test_a_graph_without_the_outputs_its_config_calls_for_is_refused(swin_export, tmp_path):
+    """A generalized head's config beside a graph that returns no token boxes and scores."""
+    written = swin_export[2]
+    (tmp_path / "swin.onnx").symlink_to(written.onnx_path)
+    sidecar = json.loads(written.sidecar_path.read_text())
+    sidecar["config"]["model"]["grec"]["enabled"] = True
+    (tmp_path / "swin.json").write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match="lacks the output\\(s\\) token_boxes, token_logits"):
+        load_onnx(tmp_path / "swin.onnx")
+
+
 def test_export_checks_its_arguments_before_tracing(swin_export, tmp_path):
     model, config = swin_export[0], swin_export[1]
     with pytest.raises(LGRNetError, match="ending in .onnx"):
@@ -188,6 +200,47 @@ def test_copied_export_runs_from_its_new_folder(swin_export, tmp_path):
     reference = Predictor(swin_export[0], swin_export[1], device="cpu")
     expected = reference.predict(REAL_IMAGES[1], "the dog on the sofa")
     assert _largest_difference(expected, predictor.predict(REAL_IMAGES[1], "the dog on the sofa")) <= TOLERANCE
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A tiny model with the generalized head (one more export: slow)
+
+
+@pytest.fixture(scope="module")
+def grec_export(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("onnx-grec")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", "lgrnet-tiny", overrides=["model.grec.enabled=true"])
+    out = root / "grec.onnx"
+    code, stdout, stderr = run_cli_captured(["export", "onnx", "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert code == 0, stdout + stderr
+    return checkpoint, out
+
+
+@pytest.mark.slow
+def test_generalized_head_gives_pytorchs_boxes_and_scores(grec_export):
+    checkpoint, path = grec_export
+    torch_predictor = Predictor.from_pretrained(checkpoint, device="cpu")
+    onnx_predictor = Predictor.from_pretrained(path, backend="onnxruntime")
+    grec = torch_predictor.config.model.grec
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert list(sidecar["outputs"]) == ["pred_boxes", "coord", "token_boxes", "token_logits"]
+    shapes = _graph_shapes(path)
+    batch = shapes["images"][0]
+    assert shapes["token_boxes"] == [batch, grec.num_queries, 4] and shapes["token_logits"] == [batch, grec.num_queries]
+    assert onnx_predictor.threshold == torch_predictor.threshold == grec.threshold
+    pairs = [(REAL_IMAGES[i % len(REAL_IMAGES)], text) for i, text in enumerate(EXPRESSIONS[:3])]
+    for threshold in (0.0, None):  # every token, then the model's own threshold
+        expected = torch_predictor.predict(pairs, batch_size=len(pairs), threshold=threshold)
+        got = onnx_predictor.predict(pairs, batch_size=len(pairs), threshold=threshold)
+        for a, b in zip(expected, got):
+            assert _largest_difference(a, b) <= TOLERANCE
+            assert a.found == b.found and len(a.boxes) == len(b.boxes) and b.threshold == a.threshold
+            if threshold == 0.0:
+                assert len(b.boxes) == grec.num_queries
+            np.testing.assert_allclose(b.scores, a.scores, atol=TOLERANCE)
+            size = np.array(a.image_size * 2, dtype=np.float64)
+            np.testing.assert_allclose(np.array(b.boxes).reshape(-1, 4) / size, np.array(a.boxes).reshape(-1, 4) / size,
+                                       atol=TOLERANCE)
 
 
 # ------------------------------------------------------------------------------------------------------------
