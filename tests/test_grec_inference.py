@@ -194,7 +194,7 @@ def test_predict_cli_json_and_text(grec, grec_checkpoint, image_path, capsys):
 
     assert main([*single, "--threshold", "0"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("found 5 boxes (score >= 0.00):") and text.count("box (x1, y1, x2, y2)") == 5
+    assert text.startswith("found 5 boxes scoring 0.00 or more\n") and text.count("box (x1, y1, x2, y2)") == 5
     assert "coordinate" not in text  # an untrained coordinate head's point is not offered as an answer
     assert main([*single, "--threshold", "1"]) == 0
     assert capsys.readouterr().out.startswith(f"no match: no box scored 1.00 or more (best score {top_score:.2f})")

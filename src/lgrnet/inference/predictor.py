@@ -121,7 +121,7 @@ class Prediction:
             lines = [f"no match: no box scored {threshold:.2f} or more{best}"]
         else:
             count = len(self.boxes or [])
-            lines = [f"found {count} box{'es' if count > 1 else ''} (score >= {threshold:.2f}):"]
+            lines = [f"found {count} box{'es' if count > 1 else ''} scoring {threshold:.2f} or more"]
             lines += [f"box (x1, y1, x2, y2) = ({x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}) px, score {score:.2f}"
                       for (x1, y1, x2, y2), score in zip(self.boxes or [], self.scores or [])]
         if self.coord_trained:
