@@ -161,7 +161,7 @@ def draw_boxes(canvas: Image.Image, prediction: Prediction, width: int) -> None:
     for box in prediction.boxes or []:
         draw.rectangle(box, outline=PRED_COLOR, width=width)
     if prediction.generalized:
-        size = max(10, min(round(max(canvas.size) / 40), 28))
+        size = max(12, min(round(max(canvas.size) / 25), 32))  # legible in a thumbnail grid tile too
         for box, score in zip(prediction.boxes or [], prediction.scores or []):
             _label_box(draw, box, f"{score:.2f}", size, canvas.size)
         if not prediction.found:
