@@ -20,10 +20,11 @@ from tiny_configs import tiny_twin
 from lgrnet.cli import main
 from lgrnet.config import load_config
 from lgrnet.engine.evaluate import check_recorded
-from lgrnet.model.registry import SHIPPED_MODEL_ENV
+from lgrnet.model.registry import SHIPPED_GREC_MODEL_ENV, SHIPPED_MODEL_ENV
 from lgrnet.quickstart import EVAL_SPLITS, SHIPPED_MODEL_DIR, has_model
 
 NUM_EVAL = 4
+GREC_NUM = 8  # SynthRef-G val expressions of the generalized-REC part (seed 0: 4 single, 2 multi, 2 no-target)
 
 
 def _quickstart(args: list[str]) -> tuple[int, str, str]:
@@ -44,18 +45,22 @@ def work(tmp_path_factory) -> dict[str, Path]:
 def _tiny_args(work: dict[str, Path], out: Path) -> list[str]:
     return ["--output-dir", str(out), "--cache-dir", str(work["cache"]), "--config", str(work["twin"]),
             "--num-eval", str(NUM_EVAL), "--num-train", "8", "--batch-size", "4", "--max-steps", "2",
-            "--train-minutes", "5", "--examples", "4", "--device", "cpu", "--set", "data.num_workers=0"]
+            "--train-minutes", "5", "--examples", "4", "--device", "cpu", "--set", "data.num_workers=0",
+            "--grec-num-eval", "0"]
 
 
 @pytest.fixture(scope="module")
 def scratch(work) -> dict:
-    """A quickstart run where the package holds no shipped model (the shipped-model folder is empty)."""
+    """A quickstart run where the package holds no shipped model (the shipped-model folders are empty)."""
     empty = work["root"] / "no-weights"
     empty.mkdir()
     out = work["root"] / "scratch"
+    args = _tiny_args(work, out)
+    args[args.index("--grec-num-eval") + 1] = str(GREC_NUM)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(SHIPPED_MODEL_ENV, str(empty))
-        code, stdout, stderr = _quickstart(_tiny_args(work, out))
+        mp.setenv(SHIPPED_GREC_MODEL_ENV, str(empty))
+        code, stdout, stderr = _quickstart(args)
     assert code == 0, stderr
     return {"out": out, "stdout": stdout, "metrics": json.loads((out / "metrics.json").read_text())}
 
@@ -213,6 +218,115 @@ def test_bad_arguments_are_one_line_errors(work):
     assert code == 2 and "--threads 0" in err
     code, _, err = _quickstart([*_tiny_args(work, out), "--from-scratch", "--minutes", "0", "--max-steps", "0"])
     assert code == 2 and "training budget" in err
+
+
+def test_without_the_shipped_grec_model_the_generalized_part_is_skipped_plainly(scratch):
+    assert "No shipped SynthRef-G model in this build" in scratch["stdout"]
+    assert "generalized-REC part (zero, one or many boxes per expression) is skipped" in scratch["stdout"]
+    assert scratch["metrics"]["grec"] is None and "No shipped SynthRef-G" in scratch["metrics"]["grec_note"]
+    assert not (scratch["out"] / "grec_predictions.png").exists() and "SynthRef-G val" not in scratch["stdout"]
+
+
+def _grec_model(folder: Path, threshold: float) -> Path:
+    """A tiny random model with the generalized head (3 tokens) whose score threshold is ``threshold``."""
+    from inference_helpers import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(folder, "lgrnet-tiny", overrides=[
+        "model.grec.enabled=true", "model.grec.num_queries=3", f"model.grec.threshold={threshold}"])
+
+
+def _val_lines(root: Path) -> dict[str, dict]:
+    return {line["id"]: line for line in map(json.loads, (root / "val.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def grec_run(work, scratch) -> dict:
+    """The quickstart with a shipped SynthRef-G model (a tiny one whose threshold 1.0 no score reaches: it finds
+    nothing), evaluating the scratch run's model without training."""
+    folder = _grec_model(work["root"] / "g-model", 1.0)
+    out = work["root"] / "grec-run"
+    args = _tiny_args(work, out)
+    for option, value in (("--max-steps", "0"), ("--train-minutes", "0"), ("--grec-num-eval", str(GREC_NUM)),
+                          ("--examples", "6")):
+        args[args.index(option) + 1] = value
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(SHIPPED_GREC_MODEL_ENV, str(folder))
+        code, stdout, stderr = _quickstart([*args, "--checkpoint", str(scratch["out"] / "model")])
+    assert code == 0, stderr
+    return {"out": out, "stdout": stdout, "metrics": json.loads((out / "metrics.json").read_text()),
+            "folder": folder}
+
+
+def test_the_shipped_grec_model_is_evaluated_on_synthref_g(grec_run):
+    g = grec_run["metrics"]["grec"]
+    lines = _val_lines(Path(g["data"]["root"]))
+    kinds = [line["kind"] for line in lines.values()]
+    assert (g["count"], g["single_count"], g["multi_count"], g["none_count"]) == \
+        (GREC_NUM, kinds.count("single"), kinds.count("multi"), kinds.count("none"))
+    assert kinds.count("none") >= 1 and kinds.count("multi") >= 1
+    # Nothing reaches the threshold: every no-target expression is right, no target expression is, and
+    # Precision@(F1=1) is the share of no-target expressions among all.
+    assert g["threshold"] == 1.0 and g["model"] == str(grec_run["folder"])
+    assert (g["n_acc"], g["t_acc"]) == (100.0, 0.0)
+    assert g["precision"] == round(100 * kinds.count("none") / GREC_NUM, 2)
+    assert "seconds" in grec_run["metrics"] and grec_run["metrics"]["seconds"]["grec"] > 0
+    stdout = grec_run["stdout"]
+    assert "Evaluating the generalized model" in stdout and "SynthRef-G val" in stdout and "Prec@(F1=1)" in stdout
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("SynthRef-G val") and "Prec@(F1=1)" in line)
+    row = lines[header + 1].split()
+    assert row[1:4] == [str(GREC_NUM), f"{kinds.count('single')}/{kinds.count('multi')}/{kinds.count('none')}",
+                        f"{g['precision']:.1f}%"]
+    assert str(grec_run["out"] / "grec_predictions.png") in stdout
+
+
+def test_grec_grid_shows_a_no_target_a_multi_target_and_a_single_target_example(grec_run):
+    g = grec_run["metrics"]["grec"]
+    lines = _val_lines(Path(g["data"]["root"]))
+    examples = g["examples"]  # --examples 6: three tiles, one per kind
+    assert [e["kind"] for e in examples] == ["none", "multi", "single"]
+    for example in examples:
+        line = lines[example["id"]]
+        assert line["kind"] == example["kind"] and line["expression"] == example["expression"]
+        assert example["targets"] == len(line["boxes"]) and example["boxes"] == 0 and example["scores"] == []
+    png = Image.open(grec_run["out"] / "grec_predictions.png")
+    assert png.format == "PNG" and png.width >= 640
+    pixels = np.asarray(png.convert("RGB")).astype(int)
+    r, g_, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    assert ((g_ > 160) & (r < 100) & (b < 120)).sum() > 20  # the target sets' green dashed boxes
+
+
+def test_grec_figures_with_every_token_found(work, scratch, tmp_path):
+    """Threshold 0: every token is a prediction, so no no-target expression is right and every target expression
+    has one; each tile shows all 3 boxes, scores highest first."""
+    from lgrnet.quickstart import QuickstartOptions, evaluate_grec, prepare_grec_data
+
+    options = QuickstartOptions(output_dir=tmp_path, cache_dir=work["cache"], num_grec=GREC_NUM, num_examples=8,
+                                device="cpu")
+    said: list[str] = []
+    root = prepare_grec_data(options, said.append)
+    assert "reused from" in said[0]  # generated by the quickstart run
+    g = evaluate_grec(_grec_model(tmp_path / "g0", 0.0), root, options, tmp_path)
+    assert (g["n_acc"], g["t_acc"], g["threshold"]) == (0.0, 100.0, 0.0)
+    assert [e["kind"] for e in g["examples"]] == ["none", "multi", "single", "multi"]  # 8 // 2 tiles
+    assert len({e["id"] for e in g["examples"]}) == 4
+    for example in g["examples"]:
+        assert example["boxes"] == 3 and example["scores"] == sorted(example["scores"], reverse=True)
+    assert (tmp_path / "grec_predictions.png").is_file()
+
+
+def test_grec_arguments_fail_before_any_work(work, scratch):
+    out = work["root"] / "bad-grec"
+    args = _tiny_args(work, out)
+    args[args.index("--grec-num-eval") + 1] = str(GREC_NUM)
+    code, _, err = _quickstart([*args, "--grec-checkpoint", str(work["root"] / "nowhere")])
+    assert code == 2 and "--grec-checkpoint" in err and "nowhere: no such folder" in err
+    code, _, err = _quickstart([*args, "--grec-checkpoint", str(scratch["out"] / "model")])  # a classic model
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "has no generalized head" in lines[0]
+    code, _, err = _quickstart([*_tiny_args(work, out), "--grec-num-eval", "-1"])
+    assert code == 2 and "--grec-num-eval -1" in err
+    assert not out.exists()
 
 
 @pytest.mark.skipif(not has_model(SHIPPED_MODEL_DIR), reason="no shipped model in this build")

@@ -13,6 +13,12 @@
    ``miou``, ``orig_acc50``, ``count``) plus ``before``; ``DIR/predictions.png`` a grid of the final model's
    predictions on val (:mod:`lgrnet.inference.grid`: ground truth, predicted box, coordinate point, expression). ``--train-minutes 0`` evaluates
    the start model only. A run that fails leaves the output folder as it was (a new one is removed).
+5. Generalized REC: when the shipped SynthRef-G model (``synthref-g``, the folder ``lgrnet/weights/synthref-g-small/``,
+   or ``--grec-checkpoint``) is there, a small SynthRef-G val set (zero, one or many targets per expression; cached
+   like the classic set) is generated, the model is evaluated on it as it is (Precision@(F1=1, IoU>=0.5), N-acc,
+   single-target Acc@0.5 of the top box: ``metrics.json``'s ``grec``) and ``DIR/grec_predictions.png`` draws its
+   boxes with their scores, or "no match", on a no-target, a multi-target and a single-target example at least.
+   Without that model the output says so and the part is skipped.
 """
 
 from __future__ import annotations
@@ -26,19 +32,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lgrnet.config import Config, load_config
 from lgrnet.errors import CheckpointError, LGRNetError
-from lgrnet.model.registry import DEFAULT_MODEL, has_model, shipped_model_folder
+from lgrnet.model.registry import DEFAULT_MODEL, GREC_MODEL, has_model, shipped_model_folder
+
+if TYPE_CHECKING:
+    from lgrnet.data.records import Record
+    from lgrnet.inference.grid import GroundTruth
+    from lgrnet.inference.predictor import Prediction
 
 #: Where the package keeps the shipped SynthRef model (absent until it has been trained and exported).
 SHIPPED_MODEL_DIR = shipped_model_folder("synthref-small")
 EVAL_SPLITS = ("val", "testA", "testB")
 #: Expressions of the train split whose mean loss is reported before and after training (the same batches).
 LOSS_SAMPLES = 64
+#: The target-set kinds of grec_predictions.png's tiles, in order (repeated when more tiles are asked for).
+GREC_TILE_KINDS = ("none", "multi", "single", "multi")
 
 
 def shipped_model_dir() -> Path:
@@ -68,8 +81,10 @@ class QuickstartOptions:
     cache_dir: Path | None = None
     batch_size: int | None = None  # default: the model config's train.batch_size
     max_steps: int = 0  # optional step limit on top of the time budget (tests)
-    num_examples: int = 8  # tiles in predictions.png
+    num_examples: int = 8  # tiles in predictions.png (grec_predictions.png: half of them, at least 3)
     device: str = "auto"
+    grec_checkpoint: str | Path | None = None  # model with the generalized head; None: the shipped synthref-g
+    num_grec: int = 60  # SynthRef-G val expressions the generalized model is evaluated on (0: no GREC part)
 
 
 @dataclass
@@ -93,23 +108,31 @@ def _check(options: QuickstartOptions) -> None:
         raise LGRNetError("--minutes 0: a model trained from scratch needs a training budget")
     if options.batch_size is not None and options.batch_size < 1:
         raise LGRNetError(f"--batch-size {options.batch_size}: must be at least 1")
+    if options.num_grec < 0:
+        raise LGRNetError(f"--grec-num-eval {options.num_grec}: must be >= 0 (0 skips the generalized-REC part)")
+
+
+def _cached_synthref(folder: Path, **counts: Any) -> str:
+    """:func:`lgrnet.synth.ensure_synthref` into ``folder``; says whether it was reused or generated, and how long
+    that took."""
+    from lgrnet.synth import ensure_synthref
+
+    meta = folder / "meta.json"
+    before = meta.stat().st_mtime_ns if meta.exists() else None
+    t0 = time.perf_counter()
+    ensure_synthref(folder, **counts)
+    reused = before is not None and meta.stat().st_mtime_ns == before
+    return f"{'reused from' if reused else 'generated into'} {folder} ({time.perf_counter() - t0:.1f} s)"
 
 
 def prepare_data(options: QuickstartOptions, say: Callable[[str], None]) -> Path:
     """The cached SynthRef folder (train + val/testA/testB) for this seed and these sizes."""
-    from lgrnet.synth import ensure_synthref
-
     cache = options.cache_dir or default_cache_dir()
     folder = cache / f"synthref-{options.seed}-train{options.num_train}-eval{options.num_eval}"
-    meta = folder / "meta.json"
-    before = meta.stat().st_mtime_ns if meta.exists() else None
-    t0 = time.perf_counter()
-    ensure_synthref(folder, seed=options.seed, num_train=options.num_train, num_val=options.num_eval,
-                    num_test=options.num_eval)
-    reused = before is not None and meta.stat().st_mtime_ns == before
+    done = _cached_synthref(folder, seed=options.seed, num_train=options.num_train, num_val=options.num_eval,
+                            num_test=options.num_eval)
     say(f"SynthRef (seed {options.seed}): {options.num_eval} expressions in each of val/testA/testB, "
-        f"{options.num_train} train, {'reused from' if reused else 'generated into'} {folder} "
-        f"({time.perf_counter() - t0:.1f} s)")
+        f"{options.num_train} train, {done}")
     return folder
 
 
@@ -258,19 +281,151 @@ def render_predictions(model: torch.nn.Module, config: Config, path: Path, count
     """A grid of ``count`` val predictions (box, coordinate point, ground truth, caption), one image per tile as
     long as there are images enough."""
     from lgrnet.data.readers import load_records
-    from lgrnet.inference.grid import prediction_grid
-    from lgrnet.inference.predictor import Predictor
-    from lgrnet.inference.visualize import save_png
 
     records = load_records(config.data, "val")
     # One expression per image first (SynthRef has several per image), so the grid shows different scenes.
     seen: set[str] = set()
     distinct = [r for r in records if not (r.image in seen or seen.add(r.image))]
     chosen = (distinct + [r for r in records if all(r is not d for d in distinct)])[:count]
+    draw_grid(model, config, chosen, [r.box for r in chosen], title, path, device)
+    return path
+
+
+def draw_grid(model: torch.nn.Module, config: Config, records: list[Record], ground_truths: list[GroundTruth],
+              title: str, path: Path, device: str) -> list[Prediction]:
+    """``model``'s predictions on ``records`` drawn as a grid with ``ground_truths`` under ``title`` and the
+    colours' legend (the coordinate point is drawn only for a model whose coordinate head was trained), saved to
+    ``path``; returns the predictions."""
+    from lgrnet.inference.grid import prediction_grid
+    from lgrnet.inference.predictor import Predictor
+    from lgrnet.inference.visualize import legend, save_png
+
     predictor = Predictor(model, config, device="cpu" if device == "cpu" else None)
-    predictions = predictor.predict([(r.image, r.expression) for r in chosen])
-    grid = prediction_grid([r.image for r in chosen], predictions, [r.box for r in chosen], title)
-    return save_png(grid, path)
+    predictions = predictor.predict([(r.image, r.expression) for r in records])
+    text = legend(bool(predictions) and predictions[0].coord_trained)
+    grid = prediction_grid([r.image for r in records], predictions, ground_truths,
+                           f"{title}. {text[:1].upper()}{text[1:]}")
+    save_png(grid, path)
+    return predictions
+
+
+def grec_model_folder(options: QuickstartOptions) -> Path | None:
+    """The folder of the model with the generalized head (checked before any long work), or None without a GREC
+    part (``num_grec`` 0). The shipped one may be absent (the part is then skipped, said plainly); a model the user
+    named must be one with the head."""
+    if options.num_grec == 0:
+        return None
+    if options.grec_checkpoint is None:
+        folder = shipped_model_folder(GREC_MODEL)
+        what = f"the shipped {GREC_MODEL} model ({folder})"
+        if not has_model(folder):
+            return folder
+    else:
+        from lgrnet.model.registry import resolve_model
+
+        folder = resolve_model(options.grec_checkpoint, "--grec-checkpoint")
+        what = f"--grec-checkpoint {options.grec_checkpoint}"
+        if not has_model(folder):
+            raise CheckpointError(f"{what}: not a model folder (config.yaml + model.safetensors)")
+    if not load_config(folder / "config.yaml").model.grec.enabled:
+        raise CheckpointError(f"{what}: the model has no generalized head (model.grec.enabled is false); "
+                              "the GREC part needs one (--grec-num-eval 0 skips it)")
+    return folder
+
+
+def prepare_grec_data(options: QuickstartOptions, say: Callable[[str], None]) -> Path:
+    """The cached SynthRef-G val set (``num_grec`` expressions) for this seed."""
+    cache = options.cache_dir or default_cache_dir()
+    folder = cache / f"synthref-g-{options.seed}-val{options.num_grec}"
+    done = _cached_synthref(folder, seed=options.seed, num_train=0, num_val=options.num_grec, num_test=0, grec=True)
+    say(f"SynthRef-G (seed {options.seed}): {options.num_grec} val expressions with zero, one or many targets, "
+        f"{done}")
+    return folder
+
+
+def grec_tiles(records: list[Record], count: int) -> list[Record]:
+    """``count`` val records for grec_predictions.png, by target-set kind in the order of
+    :data:`GREC_TILE_KINDS` (a kind the set lacks is left out), each on an image not shown yet where possible."""
+    by_kind: dict[str, list[Record]] = {}
+    for record in records:
+        by_kind.setdefault(str(record.source.get("kind", "")), []).append(record)
+    chosen: list[Record] = []
+    shown: set[str] = set()
+    kinds = [k for k in GREC_TILE_KINDS if by_kind.get(k)]
+    while kinds and len(chosen) < count:
+        for kind in list(kinds):
+            left = [r for r in by_kind[kind] if all(r is not c for c in chosen)]
+            if not left:
+                kinds.remove(kind)
+                continue
+            record = next((r for r in left if r.image not in shown), left[0])
+            chosen.append(record)
+            shown.add(record.image)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def evaluate_grec(folder: Path, data_root: Path, options: QuickstartOptions, stage: Path) -> dict[str, Any]:
+    """The generalized model of ``folder`` on the SynthRef-G val set as it is: GREC figures at its threshold
+    (percent; None over no sample) and, with examples asked for, ``stage/grec_predictions.png``."""
+    from lgrnet.engine.distributed import init_distributed
+    from lgrnet.engine.evaluate import evaluate_split
+    from lgrnet.model.io import load_model
+
+    model, config = load_model(folder)
+    config = copy.deepcopy(config)
+    data = config.data
+    data.format, data.root, data.val_split = "synth", str(data_root), "val"
+    data.num_workers, data.persistent_workers = 0, False  # a few dozen samples: no worker start-up
+    info = init_distributed(options.device)
+    model = model.to(info.device)
+    m = evaluate_split(model, config, "val", info=info, batch_size=16).metrics
+
+    def pct(key: str) -> float | None:
+        return None if m[key] is None else round(float(m[key]), 2)
+
+    result: dict[str, Any] = {
+        "model": str(folder), "name": config.name, "threshold": float(m["grec_threshold"]),
+        "precision": pct("grec_precision"), "n_acc": pct("grec_n_acc"), "t_acc": pct("grec_t_acc"),
+        "single_acc50": pct("grec_single_acc50"),
+        **{k: int(m[f"grec_{k}"]) for k in ("count", "single_count", "multi_count", "none_count")},
+        "data": {"root": str(data_root), "seed": options.seed, "num_val": options.num_grec},
+        "examples": [],
+    }
+    if options.num_examples:
+        result["examples"] = render_grec_predictions(model, config, stage / "grec_predictions.png",
+                                                     max(3, options.num_examples // 2), options.device, result)
+    return result
+
+
+def render_grec_predictions(model: torch.nn.Module, config: Config, path: Path, count: int, device: str,
+                            figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """A grid of the generalized model's predictions on SynthRef-G val examples of each kind (its boxes with their
+    scores, or "no match"; the ground truth's whole target set); returns what each tile shows."""
+    from lgrnet.data.readers import load_records
+
+    chosen = grec_tiles(load_records(config.data, "val"), count)
+    title = (f"{figures['name']} on SynthRef-G val: Precision@(F1=1) {_pct(figures['precision'])}, N-acc "
+             f"{_pct(figures['n_acc'])}, score threshold {figures['threshold']:.2f}")
+    predictions = draw_grid(model, config, chosen, [r.targets for r in chosen], title, path, device)
+    return [{"id": r.id, "kind": r.source.get("kind"), "expression": r.expression, "targets": len(r.targets),
+             "boxes": len(p.boxes) if p.found else 0, "scores": [round(v, 3) for v in p.scores or []]}
+            for r, p in zip(chosen, predictions)]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def format_grec_table(grec: dict[str, Any]) -> str:
+    """The generalized model's figures on SynthRef-G val, one row."""
+    head = (f"{'SynthRef-G val':16s} {'n':>4s} {'single/multi/none':>17s} {'Prec@(F1=1)':>12s} {'N-acc':>7s} "
+            f"{'T-acc':>7s} {'single Acc@0.5':>15s}")
+    kinds = f"{grec['single_count']}/{grec['multi_count']}/{grec['none_count']}"
+    row = (f"{grec['name'][:16]:16s} {grec['count']:4d} {kinds:>17s} {_pct(grec['precision']):>12s} "
+           f"{_pct(grec['n_acc']):>7s} {_pct(grec['t_acc']):>7s} {_pct(grec['single_acc50']):>15s}")
+    return f"{head}\n{row}"
 
 
 def format_table(before: dict[str, dict[str, float] | None], after: dict[str, dict[str, float]]) -> str:
@@ -309,6 +464,7 @@ def _run(options: QuickstartOptions, out: Path, stage: Path, say: Callable[[str]
 
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
+    grec_folder = grec_model_folder(options)  # a bad --grec-checkpoint fails before any long work
     data_root = prepare_data(options, say)
     seconds["data"] = time.perf_counter() - t_start
 
@@ -351,12 +507,22 @@ def _run(options: QuickstartOptions, out: Path, stage: Path, say: Callable[[str]
     seconds["eval_after"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if options.num_examples:
-        title = (f"{start.source}, {options.train_minutes:g} min training, val Acc@0.5 "
-                 f"{after['val']['acc50']:.1f}%. Red: predicted box, yellow: predicted coordinate, "
-                 "green dashed: ground truth")
+        title = f"{start.source}, {options.train_minutes:g} min training, val Acc@0.5 {after['val']['acc50']:.1f}%"
         render_predictions(model, final_config, stage / "predictions.png", options.num_examples, options.device,
                            title)
     seconds["render"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grec, grec_note = None, None
+    if grec_folder is not None and not has_model(grec_folder):
+        grec_note = (f"No shipped SynthRef-G model in this build ({grec_folder} holds no config.yaml + "
+                     "model.safetensors): the generalized-REC part (zero, one or many boxes per expression) is "
+                     "skipped.")
+        say(grec_note)
+    elif grec_folder is not None:
+        grec_root = prepare_grec_data(options, say)
+        say(f"Evaluating the generalized model ({grec_folder}) on SynthRef-G val ...")
+        grec = evaluate_grec(grec_folder, grec_root, options, stage)
+    seconds["grec"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
 
     report: dict[str, Any] = {
@@ -372,10 +538,13 @@ def _run(options: QuickstartOptions, out: Path, stage: Path, say: Callable[[str]
         "data": {"root": str(data_root), "seed": options.seed, "num_eval_per_split": options.num_eval,
                  "num_train": options.num_train},
         "model_dir": str(out / "model"),
+        "grec": grec,
     }
+    if grec_note:
+        report["grec_note"] = grec_note
     (stage / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     # Into place: the training run (its log and checkpoints), the model, the grid, then the metrics.
-    for name in ("train", "model", "predictions.png", "metrics.json"):
+    for name in ("train", "model", "predictions.png", "grec_predictions.png", "metrics.json"):
         if (stage / name).exists():
             _replace(stage / name, out / name)
         elif (out / name).is_dir():  # a previous run's, which this run does not replace
@@ -388,7 +557,10 @@ def _run(options: QuickstartOptions, out: Path, stage: Path, say: Callable[[str]
     say(f"Start: {start.source}. Trained {seconds['train'] / 60:.1f} min: {steps} steps, {samples} samples "
         f"seen{losses}.")
     say(format_table(before, after))
+    if grec is not None:
+        say(format_grec_table(grec))
+    pictures = ["predictions.png", *(["grec_predictions.png"] if grec and grec["examples"] else [])]
     say(f"Wrote {out / 'model'}/ (lgrnet predict/eval --checkpoint), {out / 'metrics.json'}"
-        + (f", {out / 'predictions.png'}" if options.num_examples else "")
+        + "".join(f", {out / name}" for name in pictures if options.num_examples)
         + f". Total {seconds['total'] / 60:.1f} min.")
     return report
