@@ -13,7 +13,8 @@
 #      EVAL_EVERY steps and at the end (checkpoints/best: the best Precision@(F1=1) on val);
 #   5. lgrnet eval of the best checkpoint: SynthRef-G val with the threshold sweep, the best threshold saved into
 #      the checkpoint (--save-threshold), then SynthRef-G testA/testB and the classic val/testA/testB at it;
-#   6. the export (scripts/export_shipped_model.py, fp16, with a SynthRef-G sample recorded) packed with the logs
+#   6. the export (scripts/export_shipped_model.py, fp16, with a SynthRef-G sample recorded; its config.yaml keeps
+#      the training settings of configs/synthref-g.yaml, those a CPU fine-tune starts from) packed with the logs
 #      and evaluations (under logs/) into RESULTS/synthref-g-small.tar (split into 15 MB parts when larger).
 # RESULTS also gets each evaluation as eval-<data>-<split>.json (lgrnet eval's JSON) and .txt (its readable GREC
 # report), the run's metrics.jsonl and summary.txt (the headline figures).
@@ -55,7 +56,11 @@ NAME=synthref-g-small
 EXPORT=$RUNS_DIR/$NAME
 EVAL_WORKERS=$(( WORKERS < 3 ? WORKERS : 3 ))  # per evaluation: five of them share the cores in step 5
 elapsed() { echo $(( $(date +%s) - START )); }
-fail() { echo "train_synthref_g_gpu: error: $*" >&2; exit 1; }
+fail() {  # stops the transfer of step 3 too when it is still running
+    echo "train_synthref_g_gpu: error: $*" >&2
+    [ -n "${TRANSFER_PID:-}" ] && kill "$TRANSFER_PID" 2>/dev/null
+    exit 1
+}
 
 # Everything that can be wrong before the slow part.
 [ -f "$INIT/model.safetensors" ] || fail "INIT $INIT: no model.safetensors (a model folder is needed)"
@@ -66,6 +71,15 @@ mkdir -p "$RUNS_DIR" "$RESULTS" || fail "cannot create $RUNS_DIR or $RESULTS"
 INIT_GREC=$("$PY" -c "import sys, yaml; c = yaml.safe_load(open(sys.argv[1])) or {}; \
 print(int(bool(((c.get('model') or {}).get('grec') or {}).get('enabled'))))" "$INIT/config.yaml") \
     || fail "INIT $INIT: cannot read its config.yaml"
+# The exported folder's training settings are those of $CONFIG (what a fine-tune of the model on a CPU starts
+# from), not this run's GPU settings (batch 128, bf16, 128 px train split, ...).
+mapfile -t EXPORT_SETTINGS < <("$PY" -c "import json, sys; from lgrnet.config import load_config; \
+config = load_config(sys.argv[1]).to_dict(); \
+[print('--set', f'train.{k}={json.dumps(v)}', sep='\n') for k, v in config['train'].items() \
+ if k not in ('init_from', 'time_limit_minutes', 'max_steps')]; \
+[print('--set', f'data.{k}={json.dumps(config[\"data\"][k])}', sep='\n') for k in ('train_split', 'num_workers')]" \
+    "$CONFIG")
+[ "${#EXPORT_SETTINGS[@]}" -gt 0 ] || fail "cannot read $CONFIG"
 
 # Step 3 first, in the background: the transfer mostly loads files while step 1 keeps the cores busy.
 if [ "$INIT_GREC" = 1 ]; then
@@ -99,7 +113,10 @@ else
 fi
 
 if [ -n "${TRANSFER_PID:-}" ]; then
-    wait "$TRANSFER_PID" || { tail -5 "$RUNS_DIR/transfer.log"; fail "transfer_weights failed"; }
+    wait "$TRANSFER_PID"
+    TRANSFER_RC=$?
+    unset TRANSFER_PID
+    [ "$TRANSFER_RC" = 0 ] || { tail -5 "$RUNS_DIR/transfer.log"; fail "transfer_weights failed"; }
     tail -1 "$RUNS_DIR/transfer.log"
 fi
 
@@ -119,7 +136,8 @@ echo "== 3-4/6 train $CONFIG from $START_FROM for $MINUTES min, batch $BATCH, lr
     --set train.time_limit_minutes="$MINUTES" --set train.eval_every=1000 \
     --set train.eval_every_steps="$EVAL_EVERY" --set train.checkpoint_every_steps=0 --set train.checkpoint_every=0 \
     --set train.log_every=100 >"$RUNS_DIR/train.log" 2>&1
-echo "train: exit $? ($(elapsed) s); $(grep -c '"kind": "val"' "$RUN/metrics.jsonl" 2>/dev/null) validations"
+TRAIN_RC=$?
+echo "train: exit $TRAIN_RC ($(elapsed) s); $(grep -c '"kind": "val"' "$RUN/metrics.jsonl" 2>/dev/null) validations"
 tr "\r" "\n" <"$RUNS_DIR/train.log" | grep "val Acc" | tail -6
 cp "$RUNS_DIR/train.log" "$RUN/metrics.jsonl" "$RESULTS/" 2>/dev/null
 CKPT=$RUN/checkpoints/best
@@ -143,7 +161,8 @@ grep -v "^ \{4,\}[0-9]" "$RESULTS/eval-g-val.txt" | tail -8
 
 echo "== 5-6/6 SynthRef-G testA/testB, classic val/testA/testB, export in parallel ($(elapsed) s)"
 "$PY" scripts/export_shipped_model.py --checkpoint "$CKPT" --out "$EXPORT" --cache "$RUNS_DIR/export-sample" \
-    --source "SynthRef-G GPU run (scripts/train_synthref_g_gpu.sh), best checkpoint" >"$RUNS_DIR/export.log" 2>&1 &
+    --source "SynthRef-G GPU run (scripts/train_synthref_g_gpu.sh), best checkpoint" "${EXPORT_SETTINGS[@]}" \
+    >"$RUNS_DIR/export.log" 2>&1 &
 EXPORT_PID=$!
 EVAL_PIDS=()
 for split in testA testB; do
@@ -159,18 +178,26 @@ import sys
 from pathlib import Path
 
 results = Path(sys.argv[1])
-keys = ("grec_precision", "grec_n_acc", "grec_t_acc", "grec_single_acc50", "acc50", "grec_threshold", "count")
-print("eval            " + "  ".join(f"{k:>17}" for k in keys))
+# The figures at the score threshold the checkpoint now holds: the val row reads the sweep at the threshold it
+# chose (the top box's Acc@0.5 does not depend on it); the other sets were evaluated at it.
+columns = (("Prec@F1=1", "grec_precision", "precision"), ("N-acc", "grec_n_acc", "n_acc"),
+           ("T-acc", "grec_t_acc", "t_acc"), ("single Acc@0.5", "grec_single_acc50", None),
+           ("Acc@0.5", "acc50", None), ("threshold", "grec_threshold", "threshold"))
+print(f"{'eval':<14}" + "".join(f"{label:>16}" for label, _, _ in columns) + f"{'expressions':>13}")
 for data in ("g", "classic"):
     for split in ("val", "testA", "testB"):
-        path = results / f"eval-{data}-{split}.json"
+        name = f"{data}-{split}"
         try:
-            metrics = json.loads(path.read_text().strip().splitlines()[-1])
+            metrics = json.loads((results / f"eval-{name}.json").read_text().strip().splitlines()[-1])
         except (OSError, ValueError, IndexError):
-            print(f"{data}-{split:<13} (no result)")
+            print(f"{name:<14}(no result)")
             continue
-        cells = [metrics.get(k) for k in keys]
-        print(f"{data}-{split:<13} " + "  ".join(f"{'-' if v is None else format(v, '.2f'):>17}" for v in cells))
+        row = {}
+        if "grec_sweep" in metrics:
+            row = next(r for r in metrics["grec_sweep"] if r["threshold"] == metrics["grec_best_threshold"])
+        cells = [row[sweep_key] if sweep_key in row else metrics.get(key) for _, key, sweep_key in columns]
+        print(f"{name:<14}" + "".join(f"{'-' if v is None else format(v, '.2f'):>16}" for v in cells)
+              + f"{metrics.get('count', 0):>13}")
 EOF
 
 if wait "$EXPORT_PID"; then
