@@ -71,7 +71,8 @@ def shrink_split(root: Path, split: str, max_side: int, out_split: str, workers:
     for record in records:
         path, sx, sy = written[record.image]
         x1, y1, x2, y2 = record.box
-        shrunk.append(dataclasses.replace(record, image=path, box=(x1 * sx, y1 * sy, x2 * sx, y2 * sy)))
+        boxes = None if record.boxes is None else tuple((a * sx, b * sy, c * sx, d * sy) for a, b, c, d in record.boxes)
+        shrunk.append(dataclasses.replace(record, image=path, box=(x1 * sx, y1 * sy, x2 * sx, y2 * sy), boxes=boxes))
     tmp = root / f".{out_split}.jsonl.tmp"
     write_jsonl(shrunk, tmp, extra=True)  # SynthRef's query and target stay with their records
     tmp.replace(root / f"{out_split}.jsonl")

@@ -119,14 +119,20 @@ def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
     big.save(tmp_path / "img" / "big.jpg", quality=95)
     Image.new("RGB", (100, 50), "blue").save(tmp_path / "img" / "small.png")
     rows = [{"image": "img/big.jpg", "expression": "the red box", "box": [60, 40, 150, 120], "target": 3},
-            {"image": "img/small.png", "expression": "everything", "box": [0, 0, 100, 50]}]
+            {"image": "img/small.png", "expression": "everything", "box": [0, 0, 100, 50]},
+            {"image": "img/big.jpg", "expression": "both boxes", "boxes": [[60, 40, 150, 120], [0, 0, 30, 20]]},
+            {"image": "img/big.jpg", "expression": "the purple box", "boxes": []}]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     script = Path(__file__).resolve().parents[1] / "scripts" / "shrink_images.py"
     _run_script(script, [str(tmp_path), "--max-side", "128", "--workers", "1"])
-    assert "2 records, 2 images (1 shrunk to <= 128 px)" in capsys.readouterr().out
+    assert "4 records, 2 images (1 shrunk to <= 128 px)" in capsys.readouterr().out
 
     shrunk = read_jsonl(tmp_path / "train-128.jsonl")
-    assert [r.expression for r in shrunk] == ["the red box", "everything"]
+    assert [r.expression for r in shrunk] == ["the red box", "everything", "both boxes", "the purple box"]
+    sx, sy = 128 / 300, 85 / 200  # target sets scale with their image, an empty one stays empty
+    assert [v for box in shrunk[2].boxes for v in box] == pytest.approx([60 * sx, 40 * sy, 150 * sx, 120 * sy,
+                                                                          0, 0, 30 * sx, 20 * sy])
+    assert shrunk[3].boxes == ()
     image = Image.open(shrunk[0].image)
     assert image.size == (128, 85) and image.format == "PNG"
     x1, y1, x2, y2 = shrunk[0].box
