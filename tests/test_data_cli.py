@@ -144,7 +144,7 @@ def test_shrink_images_scales_boxes_with_the_pixels(tmp_path, capsys):
     assert x1 - 1 <= xs.min() and xs.max() <= x2 and y1 - 1 <= ys.min() and ys.max() <= y2
     assert red.sum() > 0.8 * (x2 - x1) * (y2 - y1)
     assert shrunk[1].box == (0, 0, 100, 50) and Path(shrunk[1].image).name == "small.png"  # small enough: kept
-    assert (tmp_path / "train.jsonl").read_text().count("img/big.jpg") == 1  # the source split is untouched
+    assert (tmp_path / "train.jsonl").read_text().count("img/big.jpg") == 3  # the source split is untouched
     assert json.loads((tmp_path / "train-128.jsonl").read_text().splitlines()[0])["target"] == 3  # extras kept
 
     shrink = load_script("shrink_images")
