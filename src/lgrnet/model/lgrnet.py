@@ -152,10 +152,7 @@ class LGRNet(nn.Module):
             if target_boxes.dim() == 3:
                 target_boxes = single_targets(target_boxes, target_valid)
             sentence = self.tfe.sentence_embedding(text.cls) if self.loss_config.align else None
-            if self.loss_config.coord_weight > 0:
-                out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence, coord)
-            else:
-                out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence)
+            out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence, coord)
             out.loss = out.loss_dict["loss"]
         return out
 
