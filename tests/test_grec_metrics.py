@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lgrnet.data.records import target_kind
 from lgrnet.engine.metrics import (
     SWEEP_THRESHOLDS,
     GrecAccumulator,
@@ -15,7 +16,6 @@ from lgrnet.engine.metrics import (
     best_threshold,
     grec_match,
     grec_sweep,
-    target_kind,
 )
 
 A = [0.0, 0.0, 10.0, 10.0]

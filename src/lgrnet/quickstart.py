@@ -348,7 +348,7 @@ def grec_tiles(records: list[Record], count: int) -> list[Record]:
     :data:`GREC_TILE_KINDS` (a kind the set lacks is left out), each on an image not shown yet where possible."""
     by_kind: dict[str, list[Record]] = {}
     for record in records:
-        by_kind.setdefault(str(record.source.get("kind", "")), []).append(record)
+        by_kind.setdefault(record.kind, []).append(record)
     chosen: list[Record] = []
     shown: set[str] = set()
     kinds = [k for k in GREC_TILE_KINDS if by_kind.get(k)]
@@ -409,7 +409,7 @@ def render_grec_predictions(model: torch.nn.Module, config: Config, path: Path, 
     title = (f"{figures['name']} on SynthRef-G val: Precision@(F1=1) {_pct(figures['precision'])}, N-acc "
              f"{_pct(figures['n_acc'])}, score threshold {figures['threshold']:.2f}")
     predictions = draw_grid(model, config, chosen, [r.targets for r in chosen], title, path, device)
-    return [{"id": r.id, "kind": r.source.get("kind"), "expression": r.expression, "targets": len(r.targets),
+    return [{"id": r.id, "kind": r.kind, "expression": r.expression, "targets": len(r.targets),
              "boxes": len(p.boxes) if p.found else 0, "scores": [round(v, 3) for v in p.scores or []]}
             for r, p in zip(chosen, predictions)]
 

@@ -10,6 +10,11 @@ Box = tuple[float, float, float, float]
 NO_BOX: Box = (0.0, 0.0, 0.0, 0.0)
 
 
+def target_kind(num_targets: int) -> str:
+    """``none`` / ``single`` / ``multi`` by the size of a target set (the kinds of generalized REC)."""
+    return "none" if num_targets == 0 else "single" if num_targets == 1 else "multi"
+
+
 @dataclass(frozen=True)
 class Record:
     """One referring expression and what it refers to.
@@ -40,6 +45,11 @@ class Record:
     def targets(self) -> tuple[Box, ...]:
         """The target set: ``boxes``, or ``(box,)`` for a classic record."""
         return self.boxes if self.boxes is not None else (self.box,)
+
+    @property
+    def kind(self) -> str:
+        """``single``, ``multi`` or ``none``: see :func:`target_kind`."""
+        return target_kind(len(self.targets))
 
     @staticmethod
     def with_targets(image: str, expression: str, boxes: tuple[Box, ...], id: str, split: str = "",

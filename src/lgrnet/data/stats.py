@@ -28,12 +28,6 @@ class SplitStats:
 TARGET_KINDS = ("single", "multi", "none")
 
 
-def target_kind(record: Record) -> str:
-    """``single``, ``multi`` or ``none`` by the size of the record's target set (a classic record has one)."""
-    count = len(record.targets)
-    return "none" if count == 0 else ("single" if count == 1 else "multi")
-
-
 def split_stats(name: str, records: Sequence[Record], spatial_match: SpatialMatch = "substring") -> SplitStats:
     lengths = [len(r.expression.split()) for r in records] or [0]
     spatial = sum(is_spatial(r.expression, spatial_match) for r in records)
@@ -41,7 +35,7 @@ def split_stats(name: str, records: Sequence[Record], spatial_match: SpatialMatc
     if any(r.boxes is not None for r in records):
         kinds = dict.fromkeys(TARGET_KINDS, 0)
         for r in records:
-            kinds[target_kind(r)] += 1
+            kinds[r.kind] += 1
     return SplitStats(
         name=name,
         records=len(records),

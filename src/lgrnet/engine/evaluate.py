@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lgrnet.data.records import target_kind
 from lgrnet.data.spatial import SpatialMatch, is_spatial
 from lgrnet.data.transforms import canvas_to_original
 from lgrnet.engine.distributed import DistInfo
@@ -31,7 +32,6 @@ from lgrnet.engine.metrics import (
     canvas_iou,
     grec_match,
     paired_iou,
-    target_kind,
 )
 from lgrnet.model.grec import select_boxes
 from lgrnet.model.registry import CONFIG_FILE

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torchvision.ops import box_convert, box_iou
 
+from lgrnet.data.records import target_kind
 from lgrnet.engine.distributed import DistInfo, all_reduce_sum
 
 EPS = 1e-16
@@ -168,11 +169,6 @@ def grec_match(predictions: torch.Tensor | Sequence[Sequence[float]],
     predictions, targets = _as_boxes(predictions), _as_boxes(targets)
     tp = _matched(box_iou(predictions, targets) >= iou_threshold)  # NaN (two zero-area boxes) is no match
     return GrecOutcome(tp=tp, fp=len(predictions) - tp, fn=len(targets) - tp)
-
-
-def target_kind(num_targets: int) -> str:
-    """``none`` / ``single`` / ``multi`` by the size of a sample's target set."""
-    return "none" if num_targets == 0 else "single" if num_targets == 1 else "multi"
 
 
 @dataclass(frozen=True)

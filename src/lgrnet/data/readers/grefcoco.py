@@ -39,7 +39,7 @@ from typing import Any
 
 from lgrnet.data.readers.refer import refer_folder
 from lgrnet.data.readers.safe_pickle import safe_load
-from lgrnet.data.records import Box, Record
+from lgrnet.data.records import Box, Record, target_kind
 from lgrnet.errors import DataError
 
 #: the folder the release unpacks to (``data.root`` may point at it or at the folder holding it).
@@ -95,7 +95,7 @@ def read_grefcoco(
             "ann_ids": list(ann_ids), "no_target": no_target,
             "category_ids": [] if no_target else list(category_ids if isinstance(category_ids, list)
                                                       else [category_ids]),
-            "kind": "none" if no_target else ("single" if len(ann_ids) == 1 else "multi"),
+            "kind": target_kind(0 if no_target else len(ann_ids)),
         }
         image_file = files[image_id]
         image = os.path.join(img_root, image_file) if img_root else image_file
