@@ -296,6 +296,21 @@ def test_a_run_that_logged_keeps_its_folder_without_a_checkpoint(smoke_dir, tmp_
     assert [r["step"] for r in logged if r["kind"] == "train"] == [1, 2]
 
 
+def test_the_log_has_each_loss_term_and_they_add_up_to_the_total(smoke_dir, tmp_path):
+    """metrics.jsonl carries the last layer's unweighted terms next to the total; with distinct weights and no
+    auxiliary layers, the weighted terms must add up to the logged total (a swapped or missing term would not)."""
+    config = tiny(smoke_dir, "train.epochs=1", "loss.aux_loss=false", "loss.l1_weight=2.0", "loss.giou_weight=3.0",
+                  "loss.align_weight=0.5")
+    train(config, tmp_path / "run", device="cpu")
+    rows = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"]
+    assert rows and all({"loss_l1", "loss_giou", "loss_align"} <= r.keys() for r in rows)
+    assert not any(key.rpartition("_")[2].isdigit() for r in rows for key in r)  # no auxiliary-layer copies
+    for r in rows:
+        assert r["loss"] == pytest.approx(2.0 * r["loss_l1"] + 3.0 * r["loss_giou"] + 0.5 * r["loss_align"], rel=1e-5)
+    assert len({round(r["loss_l1"], 6) for r in rows}) > 1  # each step its own terms, not one repeated value
+
+
 def test_missing_data_file_is_a_clear_error(tmp_path):
     config = tiny(tmp_path / "nowhere")
     with pytest.raises(DataError, match="nowhere"):

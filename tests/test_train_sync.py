@@ -193,13 +193,13 @@ def test_loss_window_reads_once_and_means_over_processes():
 
     def reduce(losses: torch.Tensor) -> torch.Tensor:  # a stand-in for the all-reduce over 2 processes
         reads.append(losses.shape)
-        return losses * 2 + torch.tensor([1.0, 0.0, -1.0])
+        return losses * 2 + torch.tensor([[1.0], [0.0], [-1.0]])  # one row per micro-batch: the total, no parts
 
     for i, value in enumerate([1.0, 2.0, 3.0]):
         window.add(torch.tensor(value), LossPosition(i + 1, 1, i + 1))
     assert window.pending == 3 and reads == []
     assert window.check(reduce, world_size=2) is None
-    assert reads == [torch.Size([3])] and window.pending == 0
+    assert reads == [torch.Size([3, 1])] and window.pending == 0
     # (2x + [1, 0, -1]) / 2 = [1.5, 2, 2.5], mean 2
     assert window.take_mean() == pytest.approx(2.0) and window.take_mean() is None
     window.add(torch.tensor(1.0), LossPosition(4, 1, 4))
@@ -207,6 +207,19 @@ def test_loss_window_reads_once_and_means_over_processes():
     window.add(torch.tensor(float("nan")), LossPosition(6, 2, 2))
     value, where = window.check(lambda x: x)
     assert value == float("inf") and where == LossPosition(5, 2, 1)
+
+
+def test_loss_window_means_each_named_part_with_the_total():
+    window = LossWindow()
+    window.add(torch.tensor(3.0), LossPosition(1, 1, 1), {"l1": torch.tensor(1.0), "giou": torch.tensor(2.0)})
+    window.add(torch.tensor(5.0), LossPosition(2, 1, 2), {"l1": torch.tensor(3.0), "giou": torch.tensor(2.0)})
+    assert window.check(lambda rows: rows * 2, world_size=2) is None  # two processes with the same rows
+    window.add(torch.tensor(7.0), LossPosition(3, 1, 3), {"l1": torch.tensor(5.0), "giou": torch.tensor(2.0)})
+    assert window.check(lambda rows: rows) is None
+    assert window.take_means() == pytest.approx({"loss": 5.0, "l1": 3.0, "giou": 2.0})
+    assert window.take_means() == {}
+    with pytest.raises(ValueError, match="loss parts changed"):
+        window.add(torch.tensor(1.0), LossPosition(4, 1, 4), {"l1": torch.tensor(1.0)})
 
 
 def test_train_loader_pins_memory_on_cuda_and_keeps_its_workers(data, monkeypatch):

@@ -127,46 +127,61 @@ class LossPosition:
 class LossWindow:
     """The training losses since the last check, kept on the device so that a step never waits for the GPU.
 
-    :meth:`add` only queues a detached 0-d tensor (no host read). :meth:`check` stacks what is pending, sums it over
-    the processes with ``reduce`` (one collective for the whole interval) and reads it on the host once; it returns
-    the first non-finite value with its position, if any, and adds the rest to the running sum that
-    :meth:`take_mean` hands to the log (the mean over processes and micro-batches since the last log).
+    :meth:`add` only queues a detached row (the total loss and its named parts; no host read). :meth:`check` stacks
+    what is pending, sums it over the processes with ``reduce`` (one collective for the whole interval) and reads it
+    on the host once; it returns the first non-finite total with its position, if any, and adds the rest to the
+    running sums that :meth:`take_means` hands to the log (means over processes and micro-batches since the last
+    log).
     """
 
     def __init__(self) -> None:
         self._pending: list[torch.Tensor] = []
         self._positions: list[LossPosition] = []
-        self._total = 0.0
+        self._names: tuple[str, ...] | None = None  # the parts' names, fixed by the first add
+        self._totals: list[float] = []
         self._count = 0
 
-    def add(self, loss: torch.Tensor, position: LossPosition) -> None:
-        self._pending.append(loss.detach().float().reshape(()))
+    def add(self, loss: torch.Tensor, position: LossPosition, parts: dict[str, torch.Tensor] | None = None) -> None:
+        parts = parts or {}
+        names = tuple(parts)
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"loss parts changed from {self._names} to {names}")
+        row = [loss.detach().float().reshape(())] + [parts[name].detach().float().reshape(()) for name in names]
+        self._pending.append(torch.stack(row))
         self._positions.append(position)
 
     def check(self, reduce: Callable[[torch.Tensor], torch.Tensor],
               world_size: int = 1) -> tuple[float, LossPosition] | None:
         """Read the pending losses (mean over ``world_size`` processes after ``reduce`` sums them); returns the first
-        non-finite one and where it came from, else None. Nothing is pending afterwards."""
+        non-finite total and where it came from, else None. Nothing is pending afterwards."""
         if not self._pending:
             return None
-        values = (reduce(torch.stack(self._pending)) / world_size).tolist()
+        rows = (reduce(torch.stack(self._pending)) / world_size).tolist()
         positions = self._positions
         self._pending, self._positions = [], []
-        for value, position in zip(values, positions):
-            if not math.isfinite(value):
-                return value, position
-        self._total += sum(values)
-        self._count += len(values)
+        for row, position in zip(rows, positions):
+            if not math.isfinite(row[0]):
+                return row[0], position
+        sums = [sum(column) for column in zip(*rows)]
+        self._totals = sums if not self._totals else [a + b for a, b in zip(self._totals, sums)]
+        self._count += len(rows)
         return None
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def take_mean(self) -> float | None:
-        """Mean of the checked losses since the last call (None if there were none); starts a new interval."""
+    def take_means(self) -> dict[str, float]:
+        """Means of the checked losses since the last call: ``loss`` (the total) and each part by its name; empty if
+        there were none. Starts a new interval."""
         if self._count == 0:
-            return None
-        mean = self._total / self._count
-        self._total, self._count = 0.0, 0
-        return mean
+            return {}
+        means = dict(zip(("loss",) + (self._names or ()), (total / self._count for total in self._totals)))
+        self._totals, self._count = [], 0
+        return means
+
+    def take_mean(self) -> float | None:
+        """Mean total loss since the last call (None if there was none); starts a new interval."""
+        return self.take_means().get("loss")

@@ -100,6 +100,13 @@ class TrainResult:
     last_checkpoint: Path | None = None
 
 
+def final_layer_losses(loss_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The last layer's loss terms (``l1``, ``giou``, ``align``, ``score``, ``coord``... as the criterion names them,
+    unweighted), for the log: the auxiliary layers' copies (``l1_0``...) and the weighted total are left out."""
+    return {name: value for name, value in loss_dict.items()
+            if name != "loss" and not name.rpartition("_")[2].isdigit()}
+
+
 def _model_parts(config: Config, info: DistInfo, resume_from: Path | None) -> nn.Module:
     from lgrnet.model.builder import build_model
     from lgrnet.model.io import load_weights
@@ -370,7 +377,8 @@ class Trainer:
             # A NaN on one rank reaches all through DDP's gradient all-reduce: nobody hangs in backward, and the
             # next check stops every rank.
             self._loop.losses.add(loss, LossPosition(self.step + 1, self.epoch + 1,
-                                                     self.batch_in_epoch * self.accum + micro))
+                                                     self.batch_in_epoch * self.accum + micro),
+                                  final_layer_losses(output.loss_dict))
             self.scaler.scale(loss / self.accum).backward()
 
     def _optimizer_step(self) -> None:
@@ -407,10 +415,12 @@ class Trainer:
         save_now = mid_epoch and bool(tc.checkpoint_every_steps) and self.step % tc.checkpoint_every_steps == 0
         if log_now or validate_now or save_now:
             self._check_losses()
-        mean_loss = loop.losses.take_mean() if log_now else None
-        progress.update(samples, mean_loss, self.optimizer.param_groups[self._main_group]["lr"])
+        means = loop.losses.take_means() if log_now else {}
+        progress.update(samples, means.get("loss"), self.optimizer.param_groups[self._main_group]["lr"])
         if log_now:
-            self.logger.log("train", self.step, {"loss": mean_loss, "samples_per_s": progress.samples_per_second,
+            parts = {f"loss_{name}": value for name, value in means.items() if name != "loss"}
+            self.logger.log("train", self.step, {"loss": means.get("loss"), **parts,
+                                                 "samples_per_s": progress.samples_per_second,
                                                  **group_lrs(self.optimizer)}, epoch=self.epoch + 1)
         if validate_now:
             loop.eval_s = self._validate(self.epoch + 1)
