@@ -8,6 +8,7 @@ a sigmoid, sorted by hand, and its token boxes (clamped to the canvas) through t
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -255,6 +256,84 @@ def test_server_answers_with_the_boxes_and_scores(grec, image_path):
                                    atol=0.011)
         assert prediction["box_xyxy"] == pytest.approx(top_box, abs=0.011)
         assert prediction["box_score"] == pytest.approx(top_score, abs=1e-5)
+
+
+def test_server_takes_a_threshold_per_request(grec, image_path):
+    """A request's own threshold (form field or JSON key) picks its boxes; the server's stays for the others."""
+    _, out = _predict(grec, image_path, threshold=0.0)
+    all_boxes, all_scores, _, top_score = _expected(out, 0, 0.0)
+    image = image_path.read_bytes()
+    with TestClient(create_app(grec, ServerLimits())) as client:
+        def form(threshold=None):
+            data = {"expression": TEXT} if threshold is None else {"expression": TEXT, "threshold": threshold}
+            return client.post("/v1/ground", files={"image": ("scene.png", image, "image/png")}, data=data)
+
+        every, default, nothing = form("0"), form(), form(str(min(1.0, top_score + 1e-3)))
+        payload = {"image": base64.b64encode(image).decode(), "expression": TEXT, "threshold": 0}
+        as_json = client.post("/v1/ground", json=payload)
+    for response in (every, default, nothing, as_json):
+        assert response.status_code == 200, response.text
+    for response in (every, as_json):
+        prediction = response.json()["predictions"][0]
+        assert prediction["threshold"] == 0.0 and len(prediction["boxes"]) == 5
+        assert prediction["scores"] == pytest.approx(all_scores, abs=1e-5)
+        np.testing.assert_allclose(np.array(prediction["boxes"]), np.array(all_boxes), atol=0.011)
+    assert default.json()["predictions"][0]["threshold"] == grec.threshold == 0.5
+    assert default.json()["predictions"][0]["scores"] == pytest.approx([s for s in all_scores if s >= 0.5], abs=1e-5)
+    assert nothing.json()["predictions"][0]["found"] is False and nothing.json()["predictions"][0]["boxes"] == []
+
+
+@pytest.mark.parametrize("send, status, words", [
+    (lambda c, image: c.post("/v1/ground", files={"image": ("s.png", image, "image/png")},
+                             data={"expression": TEXT, "threshold": "high"}), 400, ["threshold", "'high'"]),
+    (lambda c, image: c.post("/v1/ground", files={"image": ("s.png", image, "image/png")},
+                             data={"expression": TEXT, "threshold": ["0.1", "0.2"]}), 400, ["threshold: one"]),
+    (lambda c, image: c.post("/v1/ground", files={"image": ("s.png", image, "image/png")},
+                             data={"expression": TEXT, "threshold": "1.5"}), 422, ["threshold 1.5", "between 0 and 1"]),
+    (lambda c, image: c.post("/v1/ground", json={"image": base64.b64encode(image).decode(), "expression": TEXT,
+                                                 "threshold": True}), 400, ["threshold", "number", "bool"]),
+    (lambda c, image: c.post("/v1/ground", json={"image": base64.b64encode(image).decode(), "expression": TEXT,
+                                                 "threshold": "0.3"}), 400, ["threshold", "number", "str"]),
+])
+def test_server_refuses_a_bad_threshold_in_one_line(grec, image_path, send, status, words):
+    with TestClient(create_app(grec, ServerLimits())) as client:
+        response = send(client, image_path.read_bytes())
+        assert client.get("/healthz").json()["pairs"] == 0  # refused before any forward pass
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert "\n" not in detail and all(word in detail for word in words), detail
+
+
+def test_server_of_a_classic_model_refuses_a_threshold(predictor, image_path):
+    with TestClient(create_app(predictor, ServerLimits())) as client:
+        response = client.post("/v1/ground", files={"image": ("s.png", image_path.read_bytes(), "image/png")},
+                               data={"expression": TEXT, "threshold": "0.5"})
+    assert response.status_code == 422 and "has no generalized head" in response.json()["detail"]
+
+
+def test_batcher_runs_one_forward_per_threshold_and_answers_each_pair_its_own():
+    from lgrnet.serve.batcher import Batcher
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls = []
+
+        def predict_many(self, pairs, batch_size=None, threshold=None):
+            self.calls.append(([text for _image, text in pairs], threshold))
+            return [f"{text}@{threshold}" for _image, text in pairs]
+
+    recording = Recording()
+    batcher = Batcher(recording, max_batch=4, max_wait_ms=5000)  # type: ignore[arg-type]
+    image = Image.new("RGB", (4, 4))
+    try:  # four pairs fill the batch at once: no waiting for the deadline
+        low = batcher.submit([(image, "a"), (image, "b")], threshold=0.2)
+        high = batcher.submit([(image, "c")], threshold=0.7)
+        own = batcher.submit([(image, "d")])
+        assert [f.result(30) for f in low + high + own] == ["a@0.2", "b@0.2", "c@0.7", "d@None"]
+    finally:
+        batcher.close()
+    assert recording.calls == [(["a", "b"], 0.2), (["c"], 0.7), (["d"], None)]
+    assert batcher.stats.forwards == 3 and batcher.stats.pairs == 4
 
 
 def _hand_prediction(boxes, scores, found=None, coord_trained=False) -> Prediction:

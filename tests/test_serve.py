@@ -195,7 +195,7 @@ class _SlowPredictor:
         self.release = threading.Event()
         self.fail_next = False
 
-    def predict_many(self, pairs, batch_size=None):
+    def predict_many(self, pairs, batch_size=None, threshold=None):
         self.release.wait(30)
         if self.fail_next:
             self.fail_next = False

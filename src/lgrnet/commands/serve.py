@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--image-root", metavar="DIR",
                         help="let JSON requests name an image file under DIR (\"image_path\"); off by default")
     parser.add_argument("--threshold", type=float, metavar="SCORE",
-                        help="score (0 to 1) a box needs, for a model with the generalized head (default: the "
-                             "threshold stored with the model)")
+                        help="score (0 to 1) a box needs, for a model with the generalized head, in answers to "
+                             "requests that give no threshold of their own (default: the threshold stored with the "
+                             "model)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default: %(default)s)")
     parser.set_defaults(func=run)

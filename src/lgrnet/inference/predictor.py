@@ -217,6 +217,11 @@ class Predictor(
     def threshold(self, value: float | None) -> None:
         self._threshold = self._check_threshold(value, self.config.model.grec.threshold)
 
+    def call_threshold(self, threshold: float | None) -> float | None:
+        """The threshold a call given ``threshold`` uses (None: this predictor's own); :class:`LGRNetError` when
+        it is not a score between 0 and 1, or when the model has no generalized head and one is given."""
+        return self._check_threshold(threshold, self.threshold)
+
     def _check_threshold(self, threshold: float | None, default: float | None = None) -> float | None:
         if not self.generalized:
             if threshold is not None:

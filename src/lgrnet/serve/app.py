@@ -25,6 +25,8 @@ from lgrnet.serve.inputs import ClientError, decode_image, one_line, read_ground
 from lgrnet.serve.limits import ServerLimits
 from lgrnet.serve.schema import SCHEMA_VERSION, ErrorResponse, GroundResponse, grounding_response
 
+_THRESHOLD_TEXT = ("the score (0 to 1) a box needs to be returned, for this request (a model with the generalized "
+                   "head only; default: the server's)")
 _GROUND_BODY = {
     "required": True,
     "content": {
@@ -35,6 +37,7 @@ _GROUND_BODY = {
                 "image": {"type": "string", "format": "binary", "description": "the image file"},
                 "expression": {"type": "array", "items": {"type": "string"},
                                "description": "referring expression(s): repeat the field for several"},
+                "threshold": {"type": "number", "description": _THRESHOLD_TEXT},
             },
         }},
         "application/json": {"schema": {
@@ -45,6 +48,7 @@ _GROUND_BODY = {
                                "description": "a file under the server's --image-root (only when it has one)"},
                 "expression": {"type": "string"},
                 "expressions": {"type": "array", "items": {"type": "string"}},
+                "threshold": {"type": "number", "description": _THRESHOLD_TEXT},
             },
         }},
     },
@@ -96,8 +100,12 @@ def create_app(predictor: Predictor, limits: ServerLimits | None = None) -> Fast
               summary="Ground one or more expressions in an image")
     async def ground(request: Request) -> JSONResponse:
         ground_request = await read_ground_request(request, limits)
+        try:
+            threshold = predictor.call_threshold(ground_request.threshold)
+        except LGRNetError as exc:
+            raise ClientError(422, str(exc)) from None
         image = await run_in_threadpool(decode_image, ground_request, limits)
-        results = await batcher.predict([(image, text) for text in ground_request.expressions])
+        results = await batcher.predict([(image, text) for text in ground_request.expressions], threshold)
         for number, result in enumerate(results, start=1):
             if isinstance(result, LGRNetError):
                 raise ClientError(422, f"expression {number}: {str(result).removeprefix('expression ')}")

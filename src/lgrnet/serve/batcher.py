@@ -2,7 +2,7 @@
 
 Requests hand their pairs to :meth:`Batcher.predict` (a coroutine) and wait; one worker thread takes the first
 waiting pair, gathers more for at most ``max_wait_ms`` (or until ``max_batch`` are there) and runs them through
-:meth:`Predictor.predict_many` as one batch. The forward pass runs off the event loop, so the server keeps
+:meth:`Predictor.predict_many` as one batch (one per score threshold, when requests asked for different ones). The forward pass runs off the event loop, so the server keeps
 accepting and answering requests meanwhile, and pairs that arrive during a forward pass form the next batch.
 """
 
@@ -44,6 +44,7 @@ class _Pair:
     image: Image.Image
     expression: str
     future: concurrent.futures.Future
+    threshold: float | None = None  # None: the predictor's own
 
 
 _STOP = object()
@@ -88,9 +89,11 @@ class Batcher:
             self._queue.put(_STOP)
             thread.join(timeout)
 
-    def submit(self, pairs: Sequence[tuple[Image.Image, str]]) -> list[concurrent.futures.Future]:
-        """Queue pairs; each future gets a :class:`Prediction` or the pair's :class:`LGRNetError`.
-        :class:`Overloaded` when the queue is full (nothing is queued then)."""
+    def submit(self, pairs: Sequence[tuple[Image.Image, str]],
+               threshold: float | None = None) -> list[concurrent.futures.Future]:
+        """Queue pairs, to be answered at score ``threshold`` (None: the predictor's own; check it first with
+        :meth:`Predictor.call_threshold`); each future gets a :class:`Prediction` or the pair's
+        :class:`LGRNetError`. :class:`Overloaded` when the queue is full (nothing is queued then)."""
         self.start()
         with self._lock:
             if self._pending + len(pairs) > self.max_pending:
@@ -101,12 +104,13 @@ class Batcher:
             future: concurrent.futures.Future = concurrent.futures.Future()
             future.add_done_callback(self._done)
             futures.append(future)
-            self._queue.put(_Pair(image, expression, future))
+            self._queue.put(_Pair(image, expression, future, threshold))
         return futures
 
-    async def predict(self, pairs: Sequence[tuple[Image.Image, str]]) -> list[Prediction | LGRNetError]:
+    async def predict(self, pairs: Sequence[tuple[Image.Image, str]],
+                      threshold: float | None = None) -> list[Prediction | LGRNetError]:
         """Predict pairs in the batches of the worker thread, without blocking the event loop."""
-        futures = self.submit(pairs)
+        futures = self.submit(pairs, threshold)
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
     def _done(self, _future: concurrent.futures.Future) -> None:
@@ -143,16 +147,22 @@ class Batcher:
 
     def _run(self, batch: list[_Pair]) -> None:
         live = [pair for pair in batch if pair.future.set_running_or_notify_cancel()]
-        if not live:
-            return
+        by_threshold: dict[float | None, list[_Pair]] = {}
+        for pair in live:  # the threshold picks the boxes after the forward pass: one pass per threshold asked
+            by_threshold.setdefault(pair.threshold, []).append(pair)
+        for threshold, group in by_threshold.items():
+            self._forward(group, threshold)
+
+    def _forward(self, group: list[_Pair], threshold: float | None) -> None:
         try:
-            results = self.predictor.predict_many([(p.image, p.expression) for p in live], batch_size=len(live))
+            results = self.predictor.predict_many([(p.image, p.expression) for p in group], batch_size=len(group),
+                                                  threshold=threshold)
         except Exception as exc:  # the model itself failed: every caller of this batch hears of it
-            for pair in live:
+            for pair in group:
                 pair.future.set_exception(exc)
             return
         self.stats.forwards += 1
-        self.stats.pairs += len(live)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
-        for pair, result in zip(live, results):
+        self.stats.pairs += len(group)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+        for pair, result in zip(group, results):
             pair.future.set_result(result)

@@ -6,6 +6,9 @@ Two forms are taken:
 * ``application/json``: ``{"image": "<base64>", "expression": "..."}`` (or ``"expressions": [...]``), or
   ``"image_path"`` naming a file under the server's image root when the server was started with one.
 
+Either may add ``threshold``: the score a generalized head's box needs in this request's answer (a number; the
+server's own when absent).
+
 Problems with the request's form (wrong content type, unknown or missing field, bad JSON or base64) are 400s;
 problems with what it holds (an image that cannot be decoded or is above the pixel limit, an empty or over-long
 expression) are 422s; everything is checked before the request waits for the model.
@@ -34,8 +37,8 @@ from lgrnet.inference.images import open_image
 from lgrnet.inference.processor import check_expression
 from lgrnet.serve.limits import ServerLimits
 
-FORM_FIELDS = ("image", "expression")
-JSON_FIELDS = ("image", "image_path", "expression", "expressions")
+FORM_FIELDS = ("image", "expression", "threshold")
+JSON_FIELDS = ("image", "image_path", "expression", "expressions", "threshold")
 _DATA_URL = re.compile(r"^data:[\w.+/-]*;base64,", re.IGNORECASE)
 
 
@@ -55,6 +58,7 @@ class GroundRequest:
     image_bytes: bytes | None = None
     image_path: Path | None = None
     image_name: str = "image"
+    threshold: float | None = None  # None: the server's own (checked against the model by the app)
 
 
 async def read_ground_request(request: Request, limits: ServerLimits) -> GroundRequest:
@@ -128,11 +132,14 @@ async def _read_form(request: Request, limits: ServerLimits) -> GroundRequest:
     try:
         images: list[Any] = []
         expressions: list[Any] = []
+        thresholds: list[Any] = []
         for name, value in form.multi_items():
             if name == "image":
                 images.append(value)
             elif name in ("expression", "expressions"):
                 expressions.append(value)
+            elif name == "threshold":
+                thresholds.append(value)
             else:
                 raise ClientError(400, f"unknown form field {_shown(name)} (the form takes: {', '.join(FORM_FIELDS)})")
         if not images:
@@ -145,10 +152,13 @@ async def _read_form(request: Request, limits: ServerLimits) -> GroundRequest:
         for number, value in enumerate(expressions, start=1):
             if not isinstance(value, str):
                 raise ClientError(400, f"expression {number}: expected a text field, got a file")
+        if len(thresholds) > 1:
+            raise ClientError(400, "threshold: one per request")
+        threshold = _form_threshold(thresholds[0]) if thresholds else None
         texts = check_expressions(expressions, limits)
         data = await upload.read()
         name = _shown(upload.filename) if upload.filename else "upload"
-        return GroundRequest(texts, image_bytes=data, image_name=name)
+        return GroundRequest(texts, image_bytes=data, image_name=name, threshold=threshold)
     finally:
         await form.close()
 
@@ -177,10 +187,23 @@ def _read_json(body: bytes, limits: ServerLimits) -> GroundRequest:
             raise ClientError(400, f"expressions: expected a list of strings, got {type(expressions).__name__}")
     if ("image" in payload) == ("image_path" in payload):
         raise ClientError(400, "give either \"image\" (base64 of the file) or \"image_path\"")
+    threshold = payload.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ClientError(400, f"threshold: expected a number, got {type(threshold).__name__}")
     texts = check_expressions(expressions, limits)
     if "image_path" in payload:
-        return GroundRequest(texts, image_path=_server_path(payload["image_path"], limits), image_name="image_path")
-    return GroundRequest(texts, image_bytes=_base64(payload["image"]), image_name="(base64)")
+        return GroundRequest(texts, image_path=_server_path(payload["image_path"], limits), image_name="image_path",
+                             threshold=threshold)
+    return GroundRequest(texts, image_bytes=_base64(payload["image"]), image_name="(base64)", threshold=threshold)
+
+
+def _form_threshold(value: object) -> float:
+    if not isinstance(value, str):
+        raise ClientError(400, "threshold: expected a text field, got a file")
+    try:
+        return float(value)
+    except ValueError:
+        raise ClientError(400, f"threshold: expected a number, got {_shown(value)}") from None
 
 
 def _base64(value: object) -> bytes:
