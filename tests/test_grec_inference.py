@@ -369,6 +369,18 @@ def test_pictures_show_every_box_found_or_no_match():
     assert draw_prediction(image, trained, caption=False, point=False).load()[100, 50] == (128, 128, 128)
 
 
+def test_demo_page_has_a_threshold_slider_only_for_a_generalized_model(grec, predictor):
+    from lgrnet.demo.app import build_app
+
+    def sliders(app) -> list[dict]:
+        return [c["props"] for c in app.config["components"] if c.get("props", {}).get("elem_id") == "threshold"]
+
+    examples = [("unused.png", "unused")]
+    with_head = sliders(build_app(grec, examples=examples))
+    assert len(with_head) == 1 and with_head[0]["value"] == 0.5 and with_head[0]["maximum"] == 1
+    assert sliders(build_app(predictor, examples=examples)) == []
+
+
 def test_coordinate_point_drawn_only_for_a_model_trained_with_a_coordinate_loss(grec, image_path):
     assert not grec.coord_trained and not grec.predict(image_path, TEXT).coord_trained
     config = apply_overrides(grec.config, ["loss.coord_weight=1.0"])
@@ -389,6 +401,8 @@ def test_demo_says_no_match_plainly(grec, image_path):
     assert nothing.message.startswith("no match: no box scored 1.00 or more") and nothing.result["found"] is False
     assert nothing.overlay is not None and nothing.attention is not None
     assert everything.message.startswith("found 5 boxes") and everything.message.count("score 0.") == 5
+    chosen = handler(str(image_path), TEXT, [1], threshold=0.0)  # the page's slider, for one request
+    assert chosen.message.startswith("found 5 boxes") and chosen.result["threshold"] == 0.0 and grec.threshold == 0.5
     intro = page_intro(generalized=True, threshold=0.5)
     assert "**no match**" in intro and "under 0.50" in intro and "no yellow dot" in intro
     assert "yellow dot: the point" in page_intro(coord_trained=True)

@@ -43,10 +43,12 @@ class DemoHandler:
         self.max_pixels = max_pixels
         self.max_chars = max_chars
 
-    def __call__(self, image: Any, expression: str | None, layers: list[int] | None = None) -> DemoResult:
-        """``layers``: 1-based reasoning layers to draw heat maps for (default: all)."""
+    def __call__(self, image: Any, expression: str | None, layers: list[int] | None = None,
+                 threshold: float | None = None) -> DemoResult:
+        """``layers``: 1-based reasoning layers to draw heat maps for (default: all); ``threshold``: the score a
+        generalized head's box needs (default: the predictor's)."""
         try:
-            return self._run(image, expression, layers)
+            return self._run(image, expression, layers, threshold)
         except LGRNetError as exc:
             message = str(exc)
             if isinstance(image, str):  # name the upload as the user knows it, not by its server-side temp path
@@ -56,7 +58,8 @@ class DemoHandler:
             log.exception("demo request failed")
             return _failure(f"internal error ({type(exc).__name__}); the request was not processed")
 
-    def _run(self, image: Any, expression: str | None, layers: list[int] | None) -> DemoResult:
+    def _run(self, image: Any, expression: str | None, layers: list[int] | None,
+             threshold: float | None) -> DemoResult:
         from lgrnet.inference.images import as_rgb_image
         from lgrnet.inference.visualize import draw_prediction, render_figure
 
@@ -68,7 +71,8 @@ class DemoHandler:
         if len(text) > self.max_chars:
             return _failure(f"the expression has {len(text)} characters; the demo accepts at most {self.max_chars}")
         rgb = as_rgb_image(image, max_pixels=self.max_pixels)
-        prediction = self.predictor.predict(rgb, text, attention=True)
+        options = {} if threshold is None else {"threshold": threshold}
+        prediction = self.predictor.predict(rgb, text, attention=True, **options)
         overlay = draw_prediction(rgb, prediction)
         chosen = None
         if layers:
@@ -167,8 +171,8 @@ def page_intro(max_chars: int = MAX_EXPRESSION_CHARS, max_pixels: int = MAX_PIXE
     if generalized:
         names = "that names what to find: one object, several, or one that may not be there"
         cut = f" {threshold:.2f}" if threshold is not None else " the model's threshold"
-        boxes = (f"Red: every box the model found, with its score (boxes scoring under{cut} are left out; "
-                 "**no match** when none is left)")
+        boxes = (f"Red: every box the model found, with its score (boxes scoring under{cut} are left out - the "
+                 "**Score threshold** slider moves the cut -; **no match** when none is left)")
     else:
         names, boxes = "that names one object", "Red: predicted box"
     if coord_trained:
@@ -198,13 +202,16 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
     if examples is None:
         examples = make_examples(Path(tempfile.mkdtemp(prefix="lgrnet-demo-")))
 
-    def respond(image_path: str | None, expression: str | None, layers: list[int] | None):
-        out = handler(image_path, expression, layers)
+    def respond(image_path: str | None, expression: str | None, layers: list[int] | None,
+                threshold: float | None = None):
+        out = handler(image_path, expression, layers, threshold)
         return out.overlay, out.attention, out.result, out.message
+
+    generalized = bool(getattr(predictor, "generalized", False))
 
     with gr.Blocks(title="LGR-NET demo") as app:
         gr.Markdown(page_intro(max_chars=max_chars, max_pixels=max_pixels, caveat=getattr(predictor, "caveat", None),
-                               generalized=bool(getattr(predictor, "generalized", False)),
+                               generalized=generalized,
                                threshold=getattr(predictor, "threshold", None),
                                coord_trained=bool(getattr(predictor, "coord_trained", False))))
         with gr.Row():
@@ -218,6 +225,8 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
                 default = list(range(1, count + 1)) if count <= 3 else [1, (count + 1) // 2, count]
                 layers_in = gr.CheckboxGroup(choices=[(f"layer {i}", i) for i in range(1, count + 1)], value=default,
                                              label="Attention maps of layers", elem_id="layers")
+                threshold_in = gr.Slider(0.0, 1.0, value=predictor.threshold, step=0.01, label="Score threshold",
+                                         elem_id="threshold") if generalized else None
                 button = gr.Button("Locate", variant="primary", elem_id="locate")
                 status = gr.Textbox(label="Result", interactive=False, elem_id="status")
             with gr.Column(scale=1):
@@ -228,7 +237,7 @@ def build_app(predictor: Any, examples: list[tuple[str, str]] | None = None,
         gr.Examples(examples=[list(e) for e in examples], inputs=[image_in, text_in], label="SynthRef examples",
                     elem_id="examples")
         outputs = [overlay_out, attention_out, result_out, status]
-        inputs = [image_in, text_in, layers_in]
+        inputs = [image_in, text_in, layers_in] + ([threshold_in] if threshold_in is not None else [])
         button.click(respond, inputs=inputs, outputs=outputs, api_name="locate")
         text_in.submit(respond, inputs=inputs, outputs=outputs)
     return app
