@@ -3,7 +3,8 @@
 For each mode the script starts its own server (``--max-batch B``, then ``--max-batch 1``) on a free local port,
 sends one warm-up request, and lets N clients post grounding requests (multipart, one expression, a real_smoke
 COCO photo when the shared data is beside the checkout) for T seconds; every ``--bad-every``-th request of a
-client is a bad one (not an image, a truncated JPEG, an empty expression, malformed JSON, a body over the limit).
+client is a bad one (not an image, a truncated JPEG, an empty expression, malformed JSON, a body over the limit),
+staggered across clients so that with at least ``--bad-every`` clients some client's first request is bad.
 It reports requests/s (good requests answered 200), p50/p99 latency of the good requests, the mean batch size
 (the server's counters), 4xx/5xx counts and the server's resident memory at the start and the end of the run.
 
@@ -153,7 +154,9 @@ async def drive(base: str, clients: int, seconds: float, bad_every: int, good: d
         sent = 0
         while sent == 0 or time.perf_counter() < deadline:
             sent += 1
-            is_bad = bad_every > 0 and sent % bad_every == 0
+            # Staggered across clients: with as many clients as bad_every, some client's first request is a bad
+            # one, so a slow machine that gets few requests through still tests the error path.
+            is_bad = bad_every > 0 and (sent + index) % bad_every == 0
             name, request = bad[(index + sent // bad_every) % len(bad)] if is_bad else ("good", good)
             start = time.perf_counter()
             try:
