@@ -201,7 +201,7 @@ def test_loss_window_reads_once_and_means_over_processes():
     assert window.check(reduce, world_size=2) is None
     assert reads == [torch.Size([3, 1])] and window.pending == 0
     # (2x + [1, 0, -1]) / 2 = [1.5, 2, 2.5], mean 2
-    assert window.take_mean() == pytest.approx(2.0) and window.take_mean() is None
+    assert window.take_means() == pytest.approx({"loss": 2.0}) and window.take_means() == {}
     window.add(torch.tensor(1.0), LossPosition(4, 1, 4))
     window.add(torch.tensor(float("inf")), LossPosition(5, 2, 1))
     window.add(torch.tensor(float("nan")), LossPosition(6, 2, 2))

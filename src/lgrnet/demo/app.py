@@ -71,8 +71,7 @@ class DemoHandler:
         if len(text) > self.max_chars:
             return _failure(f"the expression has {len(text)} characters; the demo accepts at most {self.max_chars}")
         rgb = as_rgb_image(image, max_pixels=self.max_pixels)
-        options = {} if threshold is None else {"threshold": threshold}
-        prediction = self.predictor.predict(rgb, text, attention=True, **options)
+        prediction = self.predictor.predict(rgb, text, attention=True, threshold=threshold)
         overlay = draw_prediction(rgb, prediction)
         chosen = None
         if layers:

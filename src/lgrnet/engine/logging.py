@@ -181,7 +181,3 @@ class LossWindow:
         means = dict(zip(("loss",) + (self._names or ()), (total / self._count for total in self._totals)))
         self._totals, self._count = [], 0
         return means
-
-    def take_mean(self) -> float | None:
-        """Mean total loss since the last call (None if there was none); starts a new interval."""
-        return self.take_means().get("loss")

@@ -2,8 +2,9 @@
 
 Requests hand their pairs to :meth:`Batcher.predict` (a coroutine) and wait; one worker thread takes the first
 waiting pair, gathers more for at most ``max_wait_ms`` (or until ``max_batch`` are there) and runs them through
-:meth:`Predictor.predict_many` as one batch (one per score threshold, when requests asked for different ones). The forward pass runs off the event loop, so the server keeps
-accepting and answering requests meanwhile, and pairs that arrive during a forward pass form the next batch.
+:meth:`Predictor.predict_many` as one batch (one per score threshold, when requests asked for different ones).
+The forward pass runs off the event loop, so the server keeps accepting and answering requests meanwhile, and
+pairs that arrive during a forward pass form the next batch.
 """
 
 from __future__ import annotations
