@@ -98,13 +98,29 @@ def test_evaluate_grec_metrics_sweep_and_predictions():
 
 def test_evaluate_grec_defaults_to_the_model_threshold_and_omits_the_sweep():
     model = _fixed_model()
-    model.config = SimpleNamespace(grec=SimpleNamespace(threshold=0.6))
+    model.config = SimpleNamespace(grec=SimpleNamespace(threshold=0.6, nms_iou=None))
     metrics, _ = evaluate(model, [_batch()], DistInfo())
     assert metrics["grec_threshold"] == 0.6 and metrics["grec_precision"] == 100.0 and metrics["grec_n_acc"] == 100.0
     assert "grec_sweep" not in metrics
     # A threshold outside the sweep is measured as well: at 0.42 "none" claims its 0.5 token again.
     metrics, _ = evaluate(model, [_batch()], DistInfo(), grec_threshold=0.42)
     assert metrics["grec_threshold"] == 0.42 and metrics["grec_precision"] == pytest.approx(200 / 3)
+
+
+def test_evaluate_grec_suppresses_duplicates_at_the_models_nms_iou():
+    # At 0.25 "single" claims the whole image (0.95) and the exact box (0.27), whose IoU in pixels is
+    # 100*100 / (200*100) = 0.5: a duplicate above nms_iou 0.45, not above 0.5.
+    model = _fixed_model()
+    model.config = SimpleNamespace(grec=SimpleNamespace(threshold=0.25, nms_iou=0.45))
+    metrics, preds = evaluate(model, [_batch()], DistInfo(), collect_predictions=True, sweep=True)
+    rows = {round(r["threshold"], 2): r for r in metrics["grec_sweep"]}
+    # "none" still claims a box at 0.25; "multi" keeps both (disjoint); "single" is right once the duplicate goes.
+    assert metrics["grec_precision"] == pytest.approx(200 / 3) and rows[0.25]["precision"] == pytest.approx(200 / 3)
+    assert preds[2]["boxes"] == [[0.0, 0.0, 200.0, 100.0]] and preds[2]["correct"] is True
+    assert preds[1]["boxes"] == [list(LEFT), list(TOP_RIGHT)]
+    model.config.grec.nms_iou = 0.5
+    metrics, preds = evaluate(model, [_batch()], DistInfo(), collect_predictions=True)
+    assert metrics["grec_precision"] == pytest.approx(100 / 3) and len(preds[2]["boxes"]) == 2
 
 
 def test_classic_model_gets_no_grec_keys():

@@ -18,6 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 from inference_helpers import make_tiny_checkpoint
 from PIL import Image
+from torchvision.ops import box_iou
 
 from lgrnet.cli import main
 from lgrnet.config import apply_overrides
@@ -136,6 +137,28 @@ def test_default_threshold_is_the_models_and_a_cut_between_scores_keeps_those_ab
     assert len(default.boxes) == len(kept) and default.found == bool(kept)
     chosen = Predictor.from_pretrained(grec_checkpoint, device="cpu", threshold=cut)
     assert chosen.threshold == cut and chosen.predict(image_path, TEXT).scores == pytest.approx(p.scores)
+
+
+def test_duplicates_are_suppressed_at_the_models_nms_iou(grec, image_path):
+    _, out = _predict(grec, image_path, threshold=0.0)
+    boxes, scores, _, _ = _expected(out, 0, 0.0)
+    overlaps = box_iou(torch.tensor(boxes), torch.tensor(boxes))
+    pairs = sorted({float(overlaps[i, j]) for i in range(len(boxes)) for j in range(i)})
+    assert pairs[-1] > 0.0  # random tokens overlap
+    nms_iou = (pairs[-1] + pairs[-2]) / 2 if len(pairs) > 1 else pairs[-1] / 2  # between the two largest overlaps
+    kept: list[int] = []  # greedy suppression by hand, from the highest score down
+    for i in range(len(boxes)):
+        if all(float(overlaps[i, j]) <= nms_iou for j in kept):
+            kept.append(i)
+    assert len(kept) < len(boxes)
+    grec.config.model.grec.nms_iou = nms_iou
+    try:
+        p = grec.predict(image_path, TEXT, threshold=0.0)
+    finally:
+        grec.config.model.grec.nms_iou = None
+    assert p.scores == pytest.approx([scores[i] for i in kept], abs=1e-6)
+    np.testing.assert_allclose(p.boxes, [boxes[i] for i in kept], atol=1e-3)
+    assert len(grec.predict(image_path, TEXT, threshold=0.0).boxes) == len(boxes)
 
 
 def test_batch_prediction_matches_one_at_a_time(grec, image_path):

@@ -161,6 +161,23 @@ def test_model_threshold_outside_the_sweep_gets_its_own_row():
     assert list(acc.thresholds) == sorted(acc.thresholds)
 
 
+def test_accumulator_suppresses_duplicates_per_threshold():
+    # One target A; tokens A (0.9) and A2 (0.6), IoU 100 / 110 = 0.909; a two-target sample whose targets overlap
+    # by 0.909 too (A and A2), found by both tokens.
+    a2 = [0.0, 0.0, 10.0, 11.0]
+    single = GrecSample(torch.tensor([A, a2], dtype=torch.float64), torch.tensor([0.9, 0.6]),
+                        torch.tensor([A], dtype=torch.float64))
+    pair = GrecSample(torch.tensor([A, a2], dtype=torch.float64), torch.tensor([0.9, 0.6]),
+                      torch.tensor([A, a2], dtype=torch.float64))
+    rows, _ = grec_sweep([single, pair], [0.5, 0.7])
+    assert [r["correct"] for r in rows] == [1, 1]  # 0.5: pair right, single has a false positive; 0.7: the reverse
+    rows, _ = grec_sweep([single, pair], [0.5, 0.7], nms_iou=0.9)
+    assert [r["correct"] for r in rows] == [1, 1]  # 0.5: the duplicate goes, and so does the pair's second target
+    assert rows[0]["precision_single"] == 100.0 and rows[0]["precision_multi"] == 0.0
+    rows, _ = grec_sweep([single, pair], [0.5], nms_iou=0.95)  # the overlap 0.909 is not above 0.95
+    assert rows[0]["precision_single"] == 0.0 and rows[0]["precision_multi"] == 100.0
+
+
 def test_top_box_defaults_to_the_highest_score_and_can_be_given():
     tokens = torch.tensor([FAR, A], dtype=torch.float64)
     targets = torch.tensor([A], dtype=torch.float64)

@@ -163,6 +163,31 @@ def test_select_boxes_thresholds_and_sorts():
     assert kept.shape == (0, 4) and scores.numel() == 0
 
 
+def test_select_boxes_suppresses_duplicates_above_the_iou():
+    # A = (0, 0, 10, 10); A2 = (0, 0, 10, 11) overlaps it by 100 / 110 = 0.909; FAR is disjoint from both.
+    a, a2, far = [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 11.0], [50.0, 50.0, 60.0, 60.0]
+    boxes = torch.tensor([[a2, far, a]])
+    logits = torch.tensor([[1.0, 0.5, 2.0]])  # A first, then A2, then FAR
+    (kept, scores), = select_boxes(boxes, logits, 0.5, nms_iou=0.9)
+    assert kept.tolist() == [a, far]  # A2 (0.909 > 0.9) dropped, the order by score kept
+    assert scores.tolist() == pytest.approx([1 / (1 + math.exp(-2)), 1 / (1 + math.exp(-0.5))])
+    (kept, _), = select_boxes(boxes, logits, 0.5, nms_iou=0.95)
+    assert kept.tolist() == [a, a2, far]  # 0.909 is not above 0.95
+    (kept, _), = select_boxes(boxes, logits, 0.5)
+    assert kept.tolist() == [a, a2, far]  # no suppression without nms_iou
+    (kept, _), = select_boxes(boxes, logits, 0.7, nms_iou=0.95)
+    assert kept.tolist() == [a, a2]  # FAR (0.62) is under the threshold whatever the suppression
+    (kept, _), = select_boxes(boxes, torch.tensor([[1.0, 0.5, -9.0]]), 0.5, nms_iou=0.5)
+    assert kept.tolist() == [a2, far]  # A, under the threshold, suppresses nothing
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.2])
+def test_nms_iou_outside_its_range_is_refused(value):
+    with pytest.raises(LGRNetError, match=r"model.grec.nms_iou must be null or a number in \(0, 1\]"):
+        _model("model.grec.enabled=true", f"model.grec.nms_iou={value}")
+    _model("model.grec.enabled=true", "model.grec.nms_iou=1.0")  # 1.0: only identical boxes are duplicates
+
+
 def _write(tmp_path, lines: list[dict]) -> list[Record]:
     Image.new("RGB", (200, 100), "gray").save(tmp_path / "a.png")
     path = tmp_path / "data.jsonl"

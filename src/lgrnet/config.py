@@ -100,6 +100,10 @@ class GrecConfig:
     # A token's box counts as "found" when sigmoid(score) >= threshold; `lgrnet eval --sweep --save-threshold`
     # stores the threshold that maximises Precision@(F1=1, IoU>=0.5) on an evaluation split.
     threshold: float = 0.5
+    # Duplicate suppression at inference: of two found boxes with IoU above nms_iou, the lower-scoring one is dropped
+    # (torchvision's nms). One-to-one matching trains the tokens not to repeat an object, but a model trained briefly
+    # still does; null keeps every found box.
+    nms_iou: float | None = None
     # Matching cost = match_score * (-p) + match_l1 * L1 + match_giou * (-GIoU) (DETR's weighting of its terms).
     match_score: float = 2.0
     match_l1: float = 5.0

@@ -38,7 +38,7 @@ from lgrnet.model.registry import CONFIG_FILE
 from lgrnet.precision import autocast, normalize_precision
 
 if TYPE_CHECKING:
-    from lgrnet.config import Config, DataConfig
+    from lgrnet.config import Config, DataConfig, GrecConfig
     from lgrnet.data.records import Record
 
 
@@ -54,7 +54,8 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
     A model with the generalized REC head (its output has ``token_boxes``) is also measured as GREC
     (:func:`grec_metrics`): the classic keys stay those of its top box, the ``grec_*`` keys are at
     ``grec_threshold`` (default: the model's ``model.grec.threshold``), ``grec_sweep`` (the figures at every
-    threshold of :data:`SWEEP_THRESHOLDS`) is added when ``sweep``, and predictions carry the boxes found."""
+    threshold of :data:`SWEEP_THRESHOLDS`) is added when ``sweep``, and predictions carry the boxes found; the
+    found boxes go through the model's duplicate suppression (``model.grec.nms_iou``) as at inference."""
     was_training = model.training
     model.eval()
     acc = MetricAccumulator()
@@ -82,14 +83,15 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
             samples = found = None
             if getattr(output, "token_boxes", None) is not None:
                 if grec is None:
-                    grec_threshold = _model_threshold(model) if grec_threshold is None else grec_threshold
-                    grec = GrecAccumulator((*SWEEP_THRESHOLDS, grec_threshold))
+                    grec_config = _model_grec(model)
+                    grec_threshold = grec_config.threshold if grec_threshold is None else grec_threshold
+                    grec = GrecAccumulator((*SWEEP_THRESHOLDS, grec_threshold), grec_config.nms_iou)
                 samples = grec_samples(output, pred_orig, batch.meta)
                 # A sample whose target set is unknown has no GREC outcome (grec_count says how many had one).
                 grec.update([sample for sample, meta in zip(samples, batch.meta) if sample_targets(meta) is not None])
                 if collect_predictions:
                     found = select_boxes(torch.stack([sample.boxes for sample in samples]),
-                                         output.token_logits[-1].float().cpu(), grec_threshold)
+                                         output.token_logits[-1].float().cpu(), grec_threshold, grec.nms_iou)
             if collect_predictions:
                 for i, meta in enumerate(batch.meta):
                     row = {
@@ -116,14 +118,14 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
     return metrics, _gather_predictions(predictions, info)
 
 
-def _model_threshold(model: nn.Module) -> float:
-    """``model.grec.threshold`` of the model's config (through DDP / compile wrappers); the default without one."""
+def _model_grec(model: nn.Module) -> GrecConfig:
+    """``model.grec`` of the model's config (through DDP / compile wrappers); the defaults without one."""
     from lgrnet.config import GrecConfig
 
     inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     inner = getattr(inner, "module", inner)  # DDP wrapper
     config = getattr(inner, "config", None)
-    return float(config.grec.threshold) if hasattr(config, "grec") else GrecConfig().threshold
+    return config.grec if hasattr(config, "grec") else GrecConfig()
 
 
 def sample_targets(meta: Any) -> tuple[tuple[float, float, float, float], ...] | None:

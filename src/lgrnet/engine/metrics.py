@@ -18,6 +18,7 @@ from torchvision.ops import box_convert, box_iou
 
 from lgrnet.data.records import target_kind
 from lgrnet.engine.distributed import DistInfo, all_reduce_sum
+from lgrnet.model.grec import suppress_duplicates
 
 EPS = 1e-16
 
@@ -199,9 +200,11 @@ _GREC_COLUMN = {name: i for i, name in enumerate(_GREC_FIELDS)}
 
 class GrecAccumulator:
     """GREC counts of samples at several score thresholds at once (the sweep and the model's own threshold);
-    :meth:`compute` reduces them over ranks."""
+    :meth:`compute` reduces them over ranks. With ``nms_iou``, the boxes a threshold keeps go through the same
+    duplicate suppression as inference (``model.grec.nms_iou``)."""
 
-    def __init__(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> None:
+    def __init__(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, nms_iou: float | None = None) -> None:
+        self.nms_iou = nms_iou
         self.thresholds = tuple(sorted({float(t) for t in thresholds}))
         if not self.thresholds:
             raise ValueError("GrecAccumulator needs at least one threshold")
@@ -222,8 +225,11 @@ class GrecAccumulator:
             for row, keep in enumerate(keeps):
                 key = tuple(keep)
                 if key not in outcomes:
-                    tp = _matched(allowed[torch.tensor(keep, dtype=torch.bool)])
-                    outcomes[key] = GrecOutcome(tp=tp, fp=sum(keep) - tp, fn=len(targets) - tp)
+                    kept = torch.tensor(keep, dtype=torch.bool).nonzero().flatten()
+                    if self.nms_iou is not None:
+                        kept = kept[suppress_duplicates(boxes[kept], scores[kept], self.nms_iou)]
+                    tp = _matched(allowed[kept])
+                    outcomes[key] = GrecOutcome(tp=tp, fp=len(kept) - tp, fn=len(targets) - tp)
                 outcome = outcomes[key]
                 sums[row, col["count"]] += 1
                 sums[row, col["correct"]] += outcome.correct
@@ -279,9 +285,10 @@ def best_threshold(rows: Sequence[dict[str, Any]]) -> float:
 
 
 def grec_sweep(samples: Sequence[GrecSample], thresholds: Sequence[float] = SWEEP_THRESHOLDS,
-               ) -> tuple[list[dict[str, float | int | None]], float]:
-    """The GREC figures of ``samples`` at every threshold (ascending) and the chosen one (:func:`best_threshold`)."""
-    acc = GrecAccumulator(thresholds)
+               nms_iou: float | None = None) -> tuple[list[dict[str, float | int | None]], float]:
+    """The GREC figures of ``samples`` at every threshold (ascending) and the chosen one (:func:`best_threshold`),
+    found boxes suppressed at ``nms_iou`` as :class:`GrecAccumulator` does."""
+    acc = GrecAccumulator(thresholds, nms_iou)
     acc.update(samples)
     rows = acc.compute()
     return rows, best_threshold(rows)

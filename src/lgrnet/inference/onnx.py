@@ -202,7 +202,9 @@ def _sidecar(config: Config, path: Path, tokenizer_folder: Path, opset: int, dty
                                   "meaning": "every token's box, (cx, cy, w, h) / image_size"}
         outputs["token_logits"] = {"shape": ["batch", k], "dtype": "float32",
                                    "meaning": "score logits: a box is found when sigmoid(logit) >= threshold "
-                                              "(config.model.grec.threshold)"}
+                                              "(config.model.grec.threshold); when config.model.grec.nms_iou is "
+                                              "set, a found box overlapping a higher-scoring one by more than that "
+                                              "IoU is dropped"}
     return {
         "schema_version": SCHEMA_VERSION,
         "format": SIDECAR_FORMAT,

@@ -397,7 +397,7 @@ class Predictor(
         sets = top_scores = None
         if threshold is not None:  # the generalized head: its last layer's tokens
             sets = self.processor.post_process_sets(out.token_boxes[-1], out.token_logits[-1], inputs.letterboxes,
-                                                    threshold)
+                                                    threshold, self.config.model.grec.nms_iou)
             top_scores = out.token_logits[-1].float().sigmoid().amax(dim=-1).cpu().tolist()
         results = []
         for i, letterbox in enumerate(inputs.letterboxes):

@@ -178,19 +178,27 @@ class Processor:
         return PostProcessed(boxes, points)
 
     def post_process_sets(self, token_boxes: torch.Tensor, token_logits: torch.Tensor,
-                          letterboxes: Sequence[Letterbox | SampleMeta], threshold: float
-                          ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                          letterboxes: Sequence[Letterbox | SampleMeta], threshold: float,
+                          nms_iou: float | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A generalized head's token boxes in original-image pixels: per sample, the boxes whose score
-        sigmoid(logit) is at least ``threshold``, highest score first, as ``(boxes [n, 4] x1y1x2y2, scores [n])``.
+        sigmoid(logit) is at least ``threshold``, highest score first, as ``(boxes [n, 4] x1y1x2y2, scores [n])``;
+        with ``nms_iou`` (``model.grec.nms_iou``), duplicates are then suppressed in original pixels
+        (:func:`~lgrnet.model.grec.suppress_duplicates`).
 
         ``token_boxes`` [B, K, 4] are (cx, cy, w, h) / S on the canvas (clamped to it first, as
         :meth:`post_process` does), ``token_logits`` [B, K] the tokens' score logits.
         """
-        from lgrnet.model.grec import select_boxes
+        from lgrnet.model.grec import select_boxes, suppress_duplicates
 
         selected = select_boxes(token_boxes.float().cpu().clamp(0.0, 1.0), token_logits.float().cpu(), threshold)
-        return [(canvas_to_original(boxes, [letterbox] * len(boxes), clamp=True), scores)
-                for (boxes, scores), letterbox in zip(selected, letterboxes)]
+        sets = []
+        for (boxes, scores), letterbox in zip(selected, letterboxes):
+            boxes = canvas_to_original(boxes, [letterbox] * len(boxes), clamp=True)
+            if nms_iou is not None:  # in original pixels, as evaluation measures it
+                keep = suppress_duplicates(boxes, scores, nms_iou)
+                boxes, scores = boxes[keep], scores[keep]
+            sets.append((boxes, scores))
+        return sets
 
     def count_word_pieces(self, expression: str) -> int:
         """Word pieces of the expression, special tokens not counted, before any truncation."""

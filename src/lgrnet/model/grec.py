@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou, nms
 
 from lgrnet.config import GrecConfig, LossConfig
 from lgrnet.model.losses import LGRNetCriterion, alignment_loss, coord_loss, giou_loss
@@ -137,16 +137,28 @@ class GrecCriterion(LGRNetCriterion):
         return losses
 
 
-def select_boxes(boxes: torch.Tensor, logits: torch.Tensor, threshold: float
+def select_boxes(boxes: torch.Tensor, logits: torch.Tensor, threshold: float, nms_iou: float | None = None
                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per sample, the boxes whose score sigmoid(logit) >= ``threshold``, sorted by score (highest first).
+    """Per sample, the boxes whose score sigmoid(logit) >= ``threshold``, sorted by score (highest first); with
+    ``nms_iou``, duplicates are then dropped (:func:`suppress_duplicates`, boxes in x1y1x2y2).
 
-    boxes [B, K, 4] (any box format), logits [B, K]. Returns ``[(boxes [n, 4], scores [n])] * B``.
+    boxes [B, K, 4] (any box format without ``nms_iou``), logits [B, K]. Returns ``[(boxes [n, 4], scores [n])] * B``.
     """
     scores = logits.float().sigmoid()
     out = []
     for sample_boxes, sample_scores in zip(boxes, scores):
         order = sample_scores.argsort(descending=True)
         keep = order[sample_scores[order] >= threshold]
+        if nms_iou is not None:
+            keep = keep[suppress_duplicates(sample_boxes[keep], sample_scores[keep], nms_iou)]
         out.append((sample_boxes[keep], sample_scores[keep]))
     return out
+
+
+def suppress_duplicates(boxes: torch.Tensor, scores: torch.Tensor, nms_iou: float) -> torch.Tensor:
+    """Non-maximum suppression: the indices of ``boxes`` [n, 4] (x1y1x2y2) kept when, from the highest score down,
+    a box whose IoU with a kept one is above ``nms_iou`` is dropped; in ascending order, so that boxes already sorted
+    by score keep their order (ties included)."""
+    if len(boxes) < 2:
+        return torch.arange(len(boxes))
+    return nms(boxes.float(), scores.float(), nms_iou).sort().values

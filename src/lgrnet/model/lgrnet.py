@@ -65,6 +65,9 @@ class LGRNet(nn.Module):
                                   f"(got {p}) and set model.grec.num_queries")
             if config.grec.num_queries < 1:
                 raise LGRNetError(f"model.grec.num_queries must be >= 1, got {config.grec.num_queries}")
+            nms_iou = config.grec.nms_iou
+            if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+                raise LGRNetError(f"model.grec.nms_iou must be null or a number in (0, 1], got {nms_iou!r}")
             p = config.grec.num_queries
         self.num_tokens = p
         self.text = TextExtractor(config.text)
