@@ -195,11 +195,13 @@ def _worker(configs: list[str], outputs: list[str]) -> None:
 
     torch.set_num_threads(1)
     train_module.build_optimizer = sgd
+    finished = False
     try:
         for config, output in zip(configs, outputs):
             Trainer(load_config(config), output, device="cpu").run()
+        finished = True
     finally:
-        cleanup_distributed()
+        cleanup_distributed(synchronize=finished)
 
 
 @pytest.mark.slow  # one torchrun launch of 2 processes training 4 models: about a minute on 2 cores

@@ -36,7 +36,7 @@ metrics, predictions = evaluate(trainer.model, trainer.val_loader, trainer.info,
 if trainer.info.is_main:
     with open(predictions_path, "w") as f:
         json.dump({"metrics": metrics, "predictions": predictions}, f)
-cleanup_distributed()
+cleanup_distributed(synchronize=True)
 """
 
 

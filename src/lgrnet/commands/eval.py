@@ -65,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
         from lgrnet.errors import LGRNetError
 
         raise LGRNetError(f"--batch-size {args.batch_size}: must be at least 1")
+    result = None
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.output,
                                      args.device, args.precision, sweep=args.sweep,
                                      save_threshold=args.save_threshold)
     finally:
-        cleanup_distributed()
+        cleanup_distributed(synchronize=result is not None)
     if int(os.environ.get("RANK", "0")) == 0:
         if "grec_precision" in result:
             print(grec_report(result), file=sys.stderr)

@@ -59,8 +59,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(synchronize: bool = False) -> None:
+    """Leave the process group, if any. ``synchronize`` (a normal end, every rank here): wait for all ranks first;
+    gloo aborts a process ("terminate called without an active exception") now and then when a peer tears the
+    group down while it is still leaving. Not after an error: a rank that died would never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -567,14 +567,17 @@ def train(config: Config, output_dir: str | Path, resume: str | None = None, dev
     output_dir = Path(output_dir)
     # Rank 0 creates the folder (the others may find it already there); the RANK that torchrun sets says which.
     created = _first_missing(output_dir) if int(os.environ.get("RANK", "0")) == 0 else None
+    finished = False
     try:
-        return Trainer(config, output_dir, resume, device, start_time).run()
+        result = Trainer(config, output_dir, resume, device, start_time).run()
+        finished = True
+        return result
     except BaseException:
         if created is not None and ckpt.find_latest(output_dir) is None and not (output_dir / "metrics.jsonl").exists():
             _remove_created(created, output_dir)
         raise
     finally:
-        cleanup_distributed()
+        cleanup_distributed(synchronize=finished)
 
 
 def _first_missing(path: Path) -> Path | None:
