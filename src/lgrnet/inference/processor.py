@@ -183,22 +183,19 @@ class Processor:
         """A generalized head's token boxes in original-image pixels: per sample, the boxes whose score
         sigmoid(logit) is at least ``threshold``, highest score first, as ``(boxes [n, 4] x1y1x2y2, scores [n])``;
         with ``nms_iou`` (``model.grec.nms_iou``), duplicates are then suppressed in original pixels
-        (:func:`~lgrnet.model.grec.suppress_duplicates`).
+        (:func:`~lgrnet.model.grec.select_boxes`).
 
         ``token_boxes`` [B, K, 4] are (cx, cy, w, h) / S on the canvas (clamped to it first, as
         :meth:`post_process` does), ``token_logits`` [B, K] the tokens' score logits.
         """
-        from lgrnet.model.grec import select_boxes, suppress_duplicates
+        from lgrnet.model.grec import select_boxes
 
-        selected = select_boxes(token_boxes.float().cpu().clamp(0.0, 1.0), token_logits.float().cpu(), threshold)
-        sets = []
-        for (boxes, scores), letterbox in zip(selected, letterboxes):
-            boxes = canvas_to_original(boxes, [letterbox] * len(boxes), clamp=True)
-            if nms_iou is not None:  # in original pixels, as evaluation measures it
-                keep = suppress_duplicates(boxes, scores, nms_iou)
-                boxes, scores = boxes[keep], scores[keep]
-            sets.append((boxes, scores))
-        return sets
+        # Every token's box in original pixels first, so that the suppression measures IoU as evaluation does.
+        canvas = token_boxes.float().cpu().clamp(0.0, 1.0)
+        batch, tokens = canvas.shape[:2]
+        per_token = [letterbox for letterbox in letterboxes for _ in range(tokens)]
+        boxes = canvas_to_original(canvas.reshape(-1, 4), per_token, clamp=True).reshape(batch, tokens, 4)
+        return select_boxes(boxes, token_logits.float().cpu(), threshold, nms_iou)
 
     def count_word_pieces(self, expression: str) -> int:
         """Word pieces of the expression, special tokens not counted, before any truncation."""
