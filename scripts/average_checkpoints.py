@@ -4,8 +4,8 @@ stochastic weight averaging over the end of a run).
 Checkpoints taken along one run, or a run and its continuation, lie close together; their mean often scores a
 little better than any one of them. Every folder must be a model folder of the same architecture
 (``config.yaml`` + ``model.safetensors``, such as ``runs/x/checkpoints/step-00003000``); the output folder gets the
-first folder's ``config.yaml`` and the mean of every floating-point tensor (integer buffers are taken from the first
-folder and must agree across folders).
+first folder's ``config.yaml`` (so its score threshold) and the mean of every floating-point tensor; integer
+buffers, counters such as BatchNorm's ``num_batches_tracked``, are the last folder's.
 
     python scripts/average_checkpoints.py runs/x/checkpoints/step-00003000 runs/x/checkpoints/last --out runs/x/avg
 """
@@ -58,15 +58,13 @@ def average_state(states: list[dict[str, torch.Tensor]], names: list[str]) -> di
             if value.shape != first[key].shape:
                 raise AverageError(f"{name}: {key} has shape {tuple(value.shape)}, "
                                    f"{names[0]} {tuple(first[key].shape)}")
-            if not value.is_floating_point() and not torch.equal(value, first[key]):
-                raise AverageError(f"{name}: integer tensor {key} differs from {names[0]}'s")
     averaged = {}
     for key, value in first.items():
         if value.is_floating_point():
             total = sum(state[key].to(torch.float64) for state in states)
             averaged[key] = (total / len(states)).to(value.dtype).contiguous()
-        else:
-            averaged[key] = value.clone()
+        else:  # integer buffers are counters (BatchNorm's num_batches_tracked): the last checkpoint's
+            averaged[key] = states[-1][key].clone()
     return averaged
 
 

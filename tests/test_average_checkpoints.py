@@ -33,6 +33,9 @@ def test_average_is_the_parameter_mean_and_loads(tmp_path):
     for key, value in averaged.state_dict().items():
         if key.startswith("text."):
             continue  # the pretrained text encoder is not stored in the folders
+        if not value.is_floating_point():  # counters: the last folder's
+            assert torch.equal(value, states[2][key]), key
+            continue
         expected = (states[0][key].double() + states[1][key].double() + states[2][key].double()) / 3
         torch.testing.assert_close(value.double(), expected.to(value.dtype).double(), rtol=0, atol=0, msg=key)
     # Different seeds give different weights: the mean is none of them.
