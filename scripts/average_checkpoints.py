@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lgrnet.config import ConfigError, load_config
 from lgrnet.model.io import CONFIG_FILE, WEIGHTS_FILE
 
 INFERENCE_KEYS = ("threshold", "nms_iou")
@@ -37,9 +37,10 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not config_path.is_file() or not weights_path.is_file():
         raise AverageError(f"{folder}: not a model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        model_section = dict(yaml.safe_load(config_path.read_text())["model"])
+        # Parsed as every command parses it, so a key a config leaves out counts as its default.
+        model_section = load_config(config_path).to_dict()["model"]
         state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+    except (ConfigError, SafetensorError, OSError) as error:
         raise AverageError(f"{folder}: cannot read: {error}") from None
     # The score threshold and duplicate suppression are inference settings, free to differ between checkpoints.
     model_section["grec"] = {key: value for key, value in (model_section.get("grec") or {}).items()

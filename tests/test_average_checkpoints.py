@@ -43,7 +43,7 @@ def test_average_is_the_parameter_mean_and_loads(tmp_path):
     assert not torch.equal(averaged.state_dict()[key], states[0][key])
 
 
-def test_other_architecture_and_bad_folders_are_one_line_errors(tmp_path, capsys):
+def test_other_architecture_and_bad_folders_are_one_line_errors(tmp_path):
     model, first = _saved(tmp_path, "a", seed=0)
     _, second = _saved(tmp_path, "b", seed=1, num_layers=model.config.num_layers + 1)
     with pytest.raises(SystemExit) as exit_info:
