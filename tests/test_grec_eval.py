@@ -284,6 +284,32 @@ def test_lgrnet_eval_grec_matches_a_direct_computation_and_saves_the_threshold(g
     assert "grec_sweep" not in again
 
 
+def test_lgrnet_eval_min_n_acc_constrains_the_saved_threshold(grec_folder):
+    from cli_helpers import one_line_error, run_cli_captured
+
+    from lgrnet.config import load_config
+
+    root, raw, targets = grec_folder
+    counts = {t: _expected(raw, targets, t) for t in THRESHOLDS}
+    # One no-target sample: N-acc is 100 where it gets no box, else 0.
+    quiet = [t for t in THRESHOLDS if counts[t][1] == 1]
+    assert quiet and len(quiet) < len(THRESHOLDS)  # the constraint rules some thresholds out
+    best = max(quiet, key=lambda t: (counts[t][0], -round(abs(t - 0.5), 9), t))
+    code, out, err = run_cli_captured(["eval", "--checkpoint", str(root / "model"), "--data", str(root / "set.jsonl"),
+                                       "--min-n-acc", "100", "--save-threshold", "--device", "cpu"])
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["grec_best_threshold"] == best and result["grec_saved_threshold"] == best
+    assert result["grec_best_n_acc"] == 100.0 and result["grec_best_meets_min_n_acc"] is True
+    assert result["grec_min_n_acc"] == 100.0
+    assert load_config(root / "model" / "config.yaml").model.grec.threshold == best
+    assert f"best threshold {best:.2f} (of those with N-acc >= 100)" in err
+    code, out, err = run_cli_captured(["eval", "--checkpoint", str(root / "model"), "--data", str(root / "set.jsonl"),
+                                       "--min-n-acc", "150", "--device", "cpu"])
+    assert code != 0
+    assert one_line_error(err, "eval") == "lgrnet eval: error: --min-n-acc 150: must be a percentage from 0 to 100"
+
+
 @pytest.mark.parametrize("kind", ["shipped-name", "shipped-folder", "hub-id", "file", "classic"])
 def test_save_threshold_refuses_what_it_cannot_write(kind, grec_folder, tmp_path):
     from cli_helpers import one_line_error, run_cli_captured

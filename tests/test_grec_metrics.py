@@ -16,6 +16,7 @@ from lgrnet.engine.metrics import (
     best_threshold,
     grec_match,
     grec_sweep,
+    meets_min_n_acc,
 )
 
 A = [0.0, 0.0, 10.0, 10.0]
@@ -153,6 +154,21 @@ def test_best_threshold_ties_go_to_the_one_closest_to_half():
     assert best_threshold(rows({0.4: 3, 0.5: 2, 0.6: 3})) == 0.6  # equally close: the higher claims fewer boxes
     assert best_threshold(rows({0.05: 1, 0.5: 1, 0.95: 1})) == 0.5
     assert best_threshold(rows({0.05: 4, 0.5: 1})) == 0.05  # more correct beats closeness
+
+
+def test_best_threshold_with_a_minimum_n_acc():
+    def rows(table):  # threshold: (correct, n_acc)
+        return [{"threshold": t, "correct": c, "n_acc": n} for t, (c, n) in table.items()]
+
+    table = {0.35: (9, 80.0), 0.45: (8, 90.0), 0.6: (8, 95.0), 0.7: (5, 99.0)}
+    assert best_threshold(rows(table)) == 0.35
+    assert best_threshold(rows(table), min_n_acc=90) == 0.45  # 0.6 has the same precision but is further from 0.5
+    assert best_threshold(rows(table), min_n_acc=94.5) == 0.6
+    assert best_threshold(rows(table), min_n_acc=99.5) == 0.7  # none reaches it: the highest N-acc
+    # Without no-target samples there is no N-acc to constrain.
+    assert best_threshold(rows({0.3: (4, None), 0.5: (3, None)}), min_n_acc=90) == 0.3
+    assert meets_min_n_acc({"n_acc": 89.99}, 90) is False and meets_min_n_acc({"n_acc": 90.0}, 90) is True
+    assert meets_min_n_acc({"n_acc": None}, 90) is True and meets_min_n_acc({"n_acc": 0.0}, None) is True
 
 
 def test_model_threshold_outside_the_sweep_gets_its_own_row():

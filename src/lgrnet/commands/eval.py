@@ -4,14 +4,16 @@ spatial / non-spatial Acc@0.5; ``orig_*`` in original-image pixels).
     lgrnet eval --checkpoint synthref --data synth:data/synthref --split testA
     lgrnet eval --checkpoint runs/custom --data data/custom/test.jsonl --output preds.jsonl
     lgrnet eval --checkpoint runs/grec --data synth:data/synthref-g --sweep --save-threshold
+    lgrnet eval --checkpoint runs/grec --data synth:data/synthref-g --sweep --min-n-acc 90 --save-threshold
 
 A model with the generalized REC head (zero, one or many boxes with a score each) is also measured as GREC, in
 original-image pixels at its score threshold (model.grec.threshold): grec_precision is Precision@(F1=1, IoU>=0.5)
 over all expressions, grec_n_acc the share of no-target expressions answered with no box, grec_t_acc the share of
 target expressions answered with at least one, grec_single_acc50 the top box's Acc@0.5 on single-target
 expressions; grec_best_threshold is the threshold of 0.05, 0.10, ..., 0.95 with the highest Precision@(F1=1)
-(--sweep adds the table as grec_sweep). These figures are also printed readably on stderr. --save-threshold stores
-the best threshold in the evaluated model folder's config.yaml.
+(--sweep adds the table as grec_sweep; --min-n-acc 90 picks the best among the thresholds with N-acc >= 90, for
+when an answer to an expression that refers to nothing costs more than a missed one). These figures are also
+printed readably on stderr. --save-threshold stores the best threshold in the evaluated model folder's config.yaml.
 
 CHECKPOINT: a model folder, a training output folder (its checkpoints/best), a shipped model name (synthref) or a
 Hugging Face hub id. DATASPEC: a config YAML (its data section), a folder of ``<split>.jsonl`` files, a ``.jsonl``
@@ -49,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-threshold", action="store_true",
                         help="GREC models: write the swept best threshold into the model folder's config "
                              "(model.grec.threshold); the folder must be yours and writable")
+    parser.add_argument("--min-n-acc", type=float, default=None, metavar="PCT",
+                        help="GREC models: the best threshold is the one with the highest Precision@(F1=1) among "
+                             "those whose N-acc is at least PCT (0-100); when none is, the one with the highest "
+                             "N-acc")
     add_precision_argument(parser, help="fp32 (default, as the reference; 'off' is accepted too) or bf16/fp16 "
                            "autocast", old_dtype_name=False)
     parser.set_defaults(func=run)
@@ -65,11 +71,15 @@ def run(args: argparse.Namespace) -> int:
         from lgrnet.errors import LGRNetError
 
         raise LGRNetError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.min_n_acc is not None and not 0.0 <= args.min_n_acc <= 100.0:
+        from lgrnet.errors import LGRNetError
+
+        raise LGRNetError(f"--min-n-acc {args.min_n_acc:g}: must be a percentage from 0 to 100")
     result = None
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.output,
                                      args.device, args.precision, sweep=args.sweep,
-                                     save_threshold=args.save_threshold)
+                                     save_threshold=args.save_threshold, min_n_acc=args.min_n_acc)
     finally:
         cleanup_distributed(synchronize=result is not None)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -83,6 +93,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _constraint(result: dict[str, Any]) -> str:
+    """How ``--min-n-acc`` shaped the best threshold, for the report."""
+    if result.get("grec_min_n_acc") is None:
+        return ""
+    if result["grec_best_meets_min_n_acc"]:
+        return f" (of those with N-acc >= {result['grec_min_n_acc']:g})"
+    return f" (none reaches N-acc {result['grec_min_n_acc']:g}: the highest N-acc)"
+
+
 def grec_report(result: dict[str, Any]) -> str:
     """The GREC figures of an evaluation result, readable: at the model's threshold, the best threshold, the sweep
     table when there is one, and where a saved threshold went."""
@@ -94,8 +113,8 @@ def grec_report(result: dict[str, Any]) -> str:
         f"  N-acc (no-target, no box)   {_pct(result['grec_n_acc'])}",
         f"  T-acc (target, >= 1 box)    {_pct(result['grec_t_acc'])}",
         f"  Acc@0.5 top box, single     {_pct(result['grec_single_acc50'])}",
-        f"  best threshold {result['grec_best_threshold']:.2f}: Precision@(F1=1) "
-        f"{_pct(result['grec_best_precision'])}",
+        f"  best threshold {result['grec_best_threshold']:.2f}{_constraint(result)}: Precision@(F1=1) "
+        f"{_pct(result['grec_best_precision'])}, N-acc {_pct(result['grec_best_n_acc'])}",
     ]
     if "grec_sweep" in result:
         lines.append("  threshold  Prec@F1=1   N-acc   T-acc")

@@ -31,6 +31,7 @@ from lgrnet.engine.metrics import (
     best_threshold,
     canvas_iou,
     grec_match,
+    meets_min_n_acc,
     paired_iou,
 )
 from lgrnet.model.grec import select_boxes
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: str = "fp32",
              collect_predictions: bool = False, spatial_match: SpatialMatch = "substring",
-             grec_threshold: float | None = None, sweep: bool = False,
+             grec_threshold: float | None = None, sweep: bool = False, min_n_acc: float | None = None,
              ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """Metrics of ``model`` on ``loader`` (reduced over ranks) and, when asked, the predictions (rank 0 only:
     others get None), each with its box in original-image pixels. ``spatial_match`` (``data.spatial_match``)
@@ -54,7 +55,8 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
     A model with the generalized REC head (its output has ``token_boxes``) is also measured as GREC
     (:func:`grec_metrics`): the classic keys stay those of its top box, the ``grec_*`` keys are at
     ``grec_threshold`` (default: the model's ``model.grec.threshold``), ``grec_sweep`` (the figures at every
-    threshold of :data:`SWEEP_THRESHOLDS`) is added when ``sweep``, and predictions carry the boxes found; the
+    threshold of :data:`SWEEP_THRESHOLDS`) is added when ``sweep``, ``min_n_acc`` constrains the best threshold
+    (:func:`~lgrnet.engine.metrics.best_threshold`), and predictions carry the boxes found; the
     found boxes go through the model's duplicate suppression (``model.grec.nms_iou``) as at inference."""
     was_training = model.training
     model.eval()
@@ -112,7 +114,7 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DistInfo, precision: st
         model.train(was_training)
     metrics: dict[str, Any] = acc.compute(info)
     if grec is not None:
-        metrics.update(grec_metrics(grec.compute(info), grec_threshold, sweep=sweep))
+        metrics.update(grec_metrics(grec.compute(info), grec_threshold, sweep=sweep, min_n_acc=min_n_acc))
     if not collect_predictions:
         return metrics, None
     return metrics, _gather_predictions(predictions, info)
@@ -167,17 +169,24 @@ _GREC_KEYS = ("precision", "n_acc", "t_acc", "single_acc50", "mean_f1", "precisi
               "count", "single_count", "multi_count", "none_count")
 
 
-def grec_metrics(rows: list[dict[str, Any]], threshold: float, sweep: bool = False) -> dict[str, Any]:
+def grec_metrics(rows: list[dict[str, Any]], threshold: float, sweep: bool = False,
+                 min_n_acc: float | None = None) -> dict[str, Any]:
     """The flat ``grec_*`` metrics: the figures of the row at ``threshold`` (``grec_precision`` is
     Precision@(F1=1, IoU>=0.5), ``grec_n_acc``, ``grec_t_acc``, ``grec_single_acc50`` the top box's Acc@0.5 on
-    single-target samples, ...), the swept ``grec_best_threshold`` with its ``grec_best_precision``, and with
-    ``sweep`` the table ``grec_sweep`` (one row per threshold of :data:`SWEEP_THRESHOLDS`)."""
+    single-target samples, ...), the swept ``grec_best_threshold`` with its ``grec_best_precision`` and
+    ``grec_best_n_acc`` (with ``min_n_acc``: the best among those reaching that N-acc, ``grec_min_n_acc`` and
+    ``grec_best_meets_min_n_acc`` saying whether one did), and with ``sweep`` the table ``grec_sweep`` (one row
+    per threshold of :data:`SWEEP_THRESHOLDS`)."""
     at = next(row for row in rows if row["threshold"] == threshold)
     swept = [row for row in rows if row["threshold"] in SWEEP_THRESHOLDS]
-    best = best_threshold(swept)
+    best = best_threshold(swept, min_n_acc)
+    best_row = next(r for r in swept if r["threshold"] == best)
     metrics: dict[str, Any] = {"grec_threshold": threshold, **{f"grec_{k}": at[k] for k in _GREC_KEYS},
-                               "grec_best_threshold": best,
-                               "grec_best_precision": next(r["precision"] for r in swept if r["threshold"] == best)}
+                               "grec_best_threshold": best, "grec_best_precision": best_row["precision"],
+                               "grec_best_n_acc": best_row["n_acc"]}
+    if min_n_acc is not None:
+        metrics["grec_min_n_acc"] = min_n_acc
+        metrics["grec_best_meets_min_n_acc"] = meets_min_n_acc(best_row, min_n_acc)
     if sweep:
         metrics["grec_sweep"] = [{k: row[k] for k in ("threshold", "precision", "n_acc", "t_acc", "mean_f1",
                                                       "precision_single", "precision_multi")} for row in swept]
@@ -254,12 +263,14 @@ class SplitEvaluation:
 
 def evaluate_split(model: nn.Module, config: Config, split: str | None = None, *, info: DistInfo | None = None,
                    batch_size: int | None = None, precision: str = "fp32", collect_predictions: bool = False,
-                   limit: int | None = None, sweep: bool = False) -> SplitEvaluation:
+                   limit: int | None = None, sweep: bool = False,
+                   min_n_acc: float | None = None) -> SplitEvaluation:
     """Evaluate ``model`` on ``split`` of ``config.data`` (see :func:`split_records`): records -> dataset (the
     eval transform and tokenizer of ``config.model``) -> loader -> :func:`evaluate`. ``limit``: only the first
     ``limit`` records. ``batch_size`` defaults to ``config.train.batch_size``. ``info`` None: one process, on the
     device the model is on (else the model must already be on ``info.device``). A model with the GREC head
-    (``config.model.grec.enabled``) is measured at ``config.model.grec.threshold``; ``sweep`` adds the sweep."""
+    (``config.model.grec.enabled``) is measured at ``config.model.grec.threshold``; ``sweep`` adds the sweep,
+    ``min_n_acc`` constrains the best threshold (see :func:`grec_metrics`)."""
     from lgrnet.data.dataset import build_eval_loader
     from lgrnet.model.text import build_tokenizer
 
@@ -274,13 +285,14 @@ def evaluate_split(model: nn.Module, config: Config, split: str | None = None, *
     grec_threshold = config.model.grec.threshold if config.model.grec.enabled else None
     metrics, predictions = evaluate(model, loader, info, precision=precision,
                                     collect_predictions=collect_predictions, spatial_match=config.data.spatial_match,
-                                    grec_threshold=grec_threshold, sweep=sweep)
+                                    grec_threshold=grec_threshold, sweep=sweep, min_n_acc=min_n_acc)
     return SplitEvaluation(name, metrics, predictions)
 
 
 def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: str | None = None,
                         batch_size: int | None = None, output: str | Path | None = None, device: str = "auto",
-                        precision: str = "fp32", sweep: bool = False, save_threshold: bool = False) -> dict[str, Any]:
+                        precision: str = "fp32", sweep: bool = False, save_threshold: bool = False,
+                        min_n_acc: float | None = None) -> dict[str, Any]:
     """``lgrnet eval``: load a checkpoint (a model folder, training output folder, shipped name or hub id),
     evaluate it on ``split`` of ``data_spec`` (see :mod:`lgrnet.engine.dataspec`), optionally write per-sample
     predictions (original pixels) as JSONL. ``split`` None: a single JSONL file is evaluated whole, other data on
@@ -312,7 +324,7 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str | None = None, split: st
         raise DataError(f"--checkpoint {checkpoint}: its data ({config.data.format} at {root}) is not here; pass "
                         f"--data DATASPEC{_data_missing_hint(config.data)}")
     evaluation = evaluate_split(model, config, split, info=info, batch_size=batch_size, precision=precision,
-                                collect_predictions=output is not None, sweep=sweep)
+                                collect_predictions=output is not None, sweep=sweep, min_n_acc=min_n_acc)
     # What the number was measured on: dataset, split-by, the split's size and whether it is the standard one.
     provenance = split_provenance(config.data, evaluation.split, int(evaluation.metrics["count"]))
     result: dict[str, Any] = {"checkpoint": checkpoint, "data": config.data.format, "root": config.data.root,

@@ -275,13 +275,34 @@ def grec_row(threshold: float, s: dict[str, float]) -> dict[str, float | int | N
     }
 
 
-def best_threshold(rows: Sequence[dict[str, Any]]) -> float:
+def best_threshold(rows: Sequence[dict[str, Any]], min_n_acc: float | None = None) -> float:
     """The threshold of the row with the most F1 = 1 samples (the highest Precision@(F1=1)); among equals, the one
-    closest to 0.5, and of two equally close the higher (fewer boxes claimed)."""
+    closest to 0.5, and of two equally close the higher (fewer boxes claimed).
+
+    ``min_n_acc`` (a percentage) first keeps the rows whose N-acc reaches it, for a user who wants at most that
+    share of no-target expressions answered with a box; when no row reaches it, the row with the highest N-acc
+    (then the rules above) is chosen (see :func:`meets_min_n_acc`). Rows without an N-acc (no no-target sample)
+    leave the constraint unchecked."""
     if not rows:
         raise ValueError("best_threshold needs at least one row")
-    best = max(rows, key=lambda r: (r["correct"], -round(abs(r["threshold"] - 0.5), 9), r["threshold"]))
-    return float(best["threshold"])
+
+    def rank(r: dict[str, Any]) -> tuple[float, float, float]:
+        return (r["correct"], -round(abs(r["threshold"] - 0.5), 9), r["threshold"])
+
+    candidates = list(rows)
+    if min_n_acc is not None and all(r.get("n_acc") is not None for r in rows):
+        candidates = [r for r in rows if meets_min_n_acc(r, min_n_acc)]
+        if not candidates:
+            top = max(r["n_acc"] for r in rows)
+            candidates = [r for r in rows if r["n_acc"] == top]
+    return float(max(candidates, key=rank)["threshold"])
+
+
+def meets_min_n_acc(row: dict[str, Any], min_n_acc: float | None) -> bool:
+    """Whether a sweep row's N-acc reaches ``min_n_acc`` (True without a constraint or without an N-acc)."""
+    if min_n_acc is None or row.get("n_acc") is None:
+        return True
+    return row["n_acc"] >= min_n_acc - 1e-9
 
 
 def grec_sweep(samples: Sequence[GrecSample], thresholds: Sequence[float] = SWEEP_THRESHOLDS,
