@@ -11,8 +11,8 @@
 #      it already has the generalized head (a previous SynthRef-G export);
 #   4. one run, batch 128, bf16, a cosine schedule over the time left (train.time_limit_minutes), validated every
 #      EVAL_EVERY steps and at the end (checkpoints/best: the best Precision@(F1=1) on val);
-#   5. lgrnet eval of the best checkpoint: SynthRef-G val with the threshold sweep, the best threshold saved into
-#      the checkpoint (--save-threshold), then SynthRef-G testA/testB and the classic val/testA/testB at it;
+#   5. lgrnet eval of the best checkpoint: SynthRef-G val with the threshold sweep, the most precise threshold with
+#      N-acc >= 90 saved into the checkpoint (--min-n-acc 90 --save-threshold), then SynthRef-G testA/testB and the classic val/testA/testB at it;
 #   6. the export (scripts/export_shipped_model.py, fp16, with a SynthRef-G sample recorded; its config.yaml keeps
 #      the training settings of configs/synthref-g.yaml, those a CPU fine-tune starts from) packed with the logs
 #      and evaluations (under logs/) into RESULTS/synthref-g-small.tar (split into 15 MB parts when larger).
@@ -156,7 +156,7 @@ evaluate() {  # NAME DATA SPLIT WORKERS [lgrnet eval options]: RESULTS/eval-NAME
         || { echo "eval $name failed:"; tail -3 "$RESULTS/eval-$name.txt"; }
 }
 echo "== 5/6 evaluate $CKPT: SynthRef-G val, threshold sweep ($(elapsed) s)"
-evaluate g-val "$DATA" val "$WORKERS" --sweep --save-threshold
+evaluate g-val "$DATA" val "$WORKERS" --sweep --min-n-acc 90 --save-threshold
 grep -v "^ \{4,\}[0-9]" "$RESULTS/eval-g-val.txt" | tail -8
 
 echo "== 5-6/6 SynthRef-G testA/testB, classic val/testA/testB, export in parallel ($(elapsed) s)"
