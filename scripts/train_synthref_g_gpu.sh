@@ -12,7 +12,8 @@
 #   4. one run, batch 128, bf16, a cosine schedule over the time left (train.time_limit_minutes), validated every
 #      EVAL_EVERY steps and at the end (checkpoints/best: the best Precision@(F1=1) on val);
 #   5. lgrnet eval of the best checkpoint: SynthRef-G val with the threshold sweep, the most precise threshold with
-#      N-acc >= 90 saved into the checkpoint (--min-n-acc 90 --save-threshold), then SynthRef-G testA/testB and the classic val/testA/testB at it;
+#      N-acc >= 90 saved into the checkpoint (--min-n-acc 90 --save-threshold), then SynthRef-G testA/testB and the
+#      classic val/testA/testB at it;
 #   6. the export (scripts/export_shipped_model.py, fp16, with a SynthRef-G sample recorded; its config.yaml keeps
 #      the training settings of configs/synthref-g.yaml, those a CPU fine-tune starts from) packed with the logs
 #      and evaluations (under logs/) into RESULTS/synthref-g-small.tar (split into 15 MB parts when larger).

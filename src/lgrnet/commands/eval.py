@@ -66,14 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
     from lgrnet.engine.distributed import cleanup_distributed
     from lgrnet.engine.evaluate import evaluate_checkpoint
+    from lgrnet.errors import LGRNetError
 
     if args.batch_size is not None and args.batch_size < 1:
-        from lgrnet.errors import LGRNetError
-
         raise LGRNetError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.min_n_acc is not None and not 0.0 <= args.min_n_acc <= 100.0:
-        from lgrnet.errors import LGRNetError
-
         raise LGRNetError(f"--min-n-acc {args.min_n_acc:g}: must be a percentage from 0 to 100")
     result = None
     try:

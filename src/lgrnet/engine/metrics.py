@@ -289,12 +289,10 @@ def best_threshold(rows: Sequence[dict[str, Any]], min_n_acc: float | None = Non
     def rank(r: dict[str, Any]) -> tuple[float, float, float]:
         return (r["correct"], -round(abs(r["threshold"] - 0.5), 9), r["threshold"])
 
-    candidates = list(rows)
-    if min_n_acc is not None and all(r.get("n_acc") is not None for r in rows):
-        candidates = [r for r in rows if meets_min_n_acc(r, min_n_acc)]
-        if not candidates:
-            top = max(r["n_acc"] for r in rows)
-            candidates = [r for r in rows if r["n_acc"] == top]
+    candidates = [r for r in rows if meets_min_n_acc(r, min_n_acc)]
+    if not candidates:  # none reaches the floor (so every row has an N-acc): the highest N-acc
+        top = max(r["n_acc"] for r in rows)
+        candidates = [r for r in rows if r["n_acc"] == top]
     return float(max(candidates, key=rank)["threshold"])
 
 
