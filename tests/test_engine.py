@@ -508,3 +508,33 @@ def test_eval_every_steps_validates_mid_epoch_and_keeps_the_best(smoke_dir, tmp_
     # Only the newest step checkpoint survives pruning; "best" is a copy that outlives it.
     steps = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step-")]
     assert len(steps) <= 1
+
+
+def test_frozen_text_encoder_cache_runs_each_expression_once_and_trains_the_same(smoke_dir, tmp_path):
+    """On a CPU a frozen text encoder's features are remembered per expression (train.text_cache_mb): the encoder
+    runs once per distinct expression instead of once per sample and validation, and the weights come out as
+    without the cache."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    rows: list[int] = []
+
+    def count(module, args, kwargs, out):
+        if type(module).__name__ == "BertModel":
+            rows.append(kwargs["input_ids"].shape[0])
+
+    handle = register_module_forward_hook(count, with_kwargs=True)
+    try:
+        plain = train(tiny(smoke_dir, "model.text.freeze=true", "train.text_cache_mb=0"), tmp_path / "plain",
+                      device="cpu")
+        plain_rows, rows[:] = sum(rows), []
+        cached = train(tiny(smoke_dir, "model.text.freeze=true"), tmp_path / "cached", device="cpu")
+        cached_rows = sum(rows)
+    finally:
+        handle.remove()
+    distinct = len({r["expression"].lower() for r in smoke_rows()})
+    assert plain.step == cached.step == 6
+    assert plain_rows == 2 * 30 + 2 * 6  # two epochs of 30, two validations of 6
+    assert cached_rows <= distinct  # validation's expressions are among the training ones
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "cached")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)

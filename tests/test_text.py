@@ -151,3 +151,53 @@ def test_fp16_minilm_stand_in_package_loads_the_rounded_weights(tmp_path, minilm
     original = minilm.encoder.embeddings.word_embeddings.weight
     rounded = extractor.encoder.embeddings.word_embeddings.weight
     assert rounded.dtype == torch.float32 and torch.equal(rounded, original.half().float())
+
+
+def rows_encoded(text: TextExtractor) -> list[int]:
+    """Batch sizes the encoder proper runs on, appended as it runs."""
+    sizes: list[int] = []
+    text.encoder.register_forward_hook(lambda module, args, kwargs, out: sizes.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    return sizes
+
+
+def test_frozen_encoder_cache_encodes_each_row_once_with_the_same_features(minilm):
+    tokenizer = build_tokenizer(TextConfig(name="minilm"))
+    ids, mask = encode(tokenizer, ["the red mug", "a book on the left", "the lamp", "the second ball from the top",
+                                   "the key", "the chair next to the bottle"])
+    text = pretrained_extractor(TextConfig(name="minilm", pretrained=True, freeze=True))
+    with torch.no_grad():
+        uncached = text(ids, mask).tokens
+    sizes = rows_encoded(text)
+    text.cache_features(1.0)
+    first = text(ids[:4], mask[:4])
+    second = text(ids[2:], mask[2:])  # rows 2 and 3 are known, 4 and 5 are new
+    third = text(ids[[5, 0, 3]], mask[[5, 0, 3]])
+    assert sizes == [4, 2]
+    assert torch.allclose(first.tokens, uncached[:4], rtol=0, atol=1e-6)
+    assert torch.allclose(second.tokens, uncached[2:], rtol=0, atol=1e-6)
+    assert torch.allclose(third.tokens, uncached[[5, 0, 3]], rtol=0, atol=1e-6)
+    assert torch.equal(third.cls, third.tokens[:, 0]) and torch.equal(third.pad_mask, mask[[5, 0, 3]] == 0)
+
+    text.cache_features(0)  # off: every call encodes again
+    text(ids[:2], mask[:2])
+    assert sizes == [4, 2, 2]
+
+
+def test_feature_cache_keeps_to_its_size_and_never_holds_a_trainable_encoder(minilm):
+    tokenizer = build_tokenizer(TextConfig(name="minilm"))
+    ids, mask = encode(tokenizer, ["the red mug", "a book on the left", "the lamp"])
+    text = pretrained_extractor(TextConfig(name="minilm", pretrained=True, freeze=True))
+    sizes = rows_encoded(text)
+    row_mb = 16 * 384 * 4 / 2**20  # one row's features: 16 tokens x 384 floats
+    text.cache_features(2.5 * row_mb)  # room for two rows
+    text(ids, mask)
+    text(ids, mask)
+    assert sizes == [3, 1]  # the third row did not fit: encoded again
+
+    trainable = pretrained_extractor(TextConfig(name="minilm", pretrained=True, freeze=False))
+    sizes = rows_encoded(trainable)
+    trainable.cache_features(100.0)
+    out = trainable(ids, mask).tokens
+    trainable(ids, mask)
+    assert sizes == [3, 3] and out.requires_grad  # a trained encoder's features change with every step

@@ -183,6 +183,8 @@ class Trainer:
         self.resume_info: ckpt.CheckpointInfo | None = resume_info  # type: ignore[assignment]
 
         self.model = _model_parts(config, self.info, resume_info.path if resume_info else None)
+        if self.info.device.type == "cpu":  # on a GPU, keying rows would wait for the device every step
+            self.model.text.cache_features(tc.text_cache_mb)
         self.train_loader = build_train_loader(self.train_records, config, self.tokenizer, self.info.world_size,
                                                self.info.rank)
         self.sampler = self.train_loader.sampler
@@ -321,6 +323,7 @@ class Trainer:
                 self._finish_epoch(epoch, stop)
         finally:
             self.logger.close()
+            self.model.text.cache_features(0)
         return TrainResult(self.output_dir, self.epoch, self.step, self.best_acc50, self.last_val, stop,
                            self._loop.last_path)
 
