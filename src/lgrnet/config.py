@@ -261,7 +261,7 @@ class TrainConfig:
     # Model folder whose weights start a run (fine-tuning; not a resume: optimizer and schedule start fresh).
     init_from: str | None = None
     # A frozen text encoder training on a CPU remembers each expression's token features, up to this many MB
-    # (0 = off): its output never changes, and later epochs skip it (about a tenth of an lgrnet-small step).
+    # (0 = off; not with compile): its output never changes, and later epochs skip it (a tenth of an lgrnet-small step).
     text_cache_mb: float = 1024.0
 
 

@@ -183,7 +183,8 @@ class Trainer:
         self.resume_info: ckpt.CheckpointInfo | None = resume_info  # type: ignore[assignment]
 
         self.model = _model_parts(config, self.info, resume_info.path if resume_info else None)
-        if self.info.device.type == "cpu":  # on a GPU, keying rows would wait for the device every step
+        # On a GPU, keying rows would wait for the device every step; a compiled model would guard on the cache.
+        if self.info.device.type == "cpu" and not tc.compile:
             self.model.text.cache_features(tc.text_cache_mb)
         self.train_loader = build_train_loader(self.train_records, config, self.tokenizer, self.info.world_size,
                                                self.info.rank)
