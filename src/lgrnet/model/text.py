@@ -239,14 +239,14 @@ class TextExtractor(nn.Module):
             if key not in self._cache:
                 first_row.setdefault(key, i)
         missing = list(first_row.values())
-        if not missing:
-            return torch.stack([self._cache[key] for key in keys])
-        fresh = self._encode(input_ids[missing], attention_mask[missing]).detach()
-        fresh_by_key = dict(zip((keys[i] for i in missing), fresh.unbind(0)))
-        for key, features in fresh_by_key.items():
-            size = features.numel() * features.element_size()
-            if size <= self._cache_bytes_left:
-                self._cache[key] = features.clone()  # its own storage, not a view of the batch
-                self._cache_bytes_left -= size
+        fresh_by_key: dict[bytes, torch.Tensor] = {}
+        if missing:
+            fresh = self._encode(input_ids[missing], attention_mask[missing]).detach()
+            fresh_by_key = dict(zip((keys[i] for i in missing), fresh.unbind(0)))
+            for key, features in fresh_by_key.items():
+                size = features.numel() * features.element_size()
+                if size <= self._cache_bytes_left:
+                    self._cache[key] = features.clone()  # its own storage, not a view of the batch
+                    self._cache_bytes_left -= size
         return torch.stack([fresh_by_key[key] if key in fresh_by_key else self._cache[key] for key in keys])
 
