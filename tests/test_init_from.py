@@ -1,11 +1,12 @@
 """``train.init_from``: a model folder or a shipped name gives the run its architecture (load_train_config), the
 config's own model keys win only where the user set them on purpose, and a mismatch is a one-line error naming
 the setting. End to end: ``lgrnet train --config configs/custom.yaml --set data.root=DIR`` fine-tunes the shipped
-model (here a tiny stand-in named through $LGRNET_SHIPPED_MODEL)."""
+model (here a tiny stand-in in place of the package's synthref-tiny folder)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,8 +94,13 @@ def test_shipped_name_and_custom_yaml_fine_tune_end_to_end(folder, tmp_path, mon
 
     data = tmp_path / "data"
     ensure_synthref(data, seed=2, num_train=8, num_val=4, num_test=0, workers=1)
-    monkeypatch.setenv(SHIPPED_MODEL_ENV, str(folder))
-    assert load_config(CUSTOM).train.init_from == "synthref"
+    import lgrnet.model.registry as registry
+
+    weights = tmp_path / "weights"  # the package's weights folder, holding the tiny stand-in as synthref-tiny
+    shutil.copytree(folder, weights / "synthref-tiny")
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
+    assert load_config(CUSTOM).train.init_from == "synthref-tiny"
+    folder = weights / "synthref-tiny"
     out = tmp_path / "run"
     code, stdout, stderr = _cli(["train", "--config", str(CUSTOM), "--set", f"data.root={data}",
                                  "--set", "train.max_steps=1", "--set", "train.batch_size=4",
@@ -116,10 +122,10 @@ def test_shipped_name_and_custom_yaml_fine_tune_end_to_end(folder, tmp_path, mon
 
 
 def test_bad_init_from_is_a_one_line_error(folder, tmp_path):
-    code, _, err = _cli(["train", "--config", str(CUSTOM), "--set", "train.init_from=synthref-tiny",
+    code, _, err = _cli(["train", "--config", str(CUSTOM), "--set", "train.init_from=synthref-large",
                          "--output-dir", str(tmp_path / "x")])
     line = _one_line_error(err, "train")
-    assert code == 2 and "train.init_from synthref-tiny: no such folder" in line
+    assert code == 2 and "train.init_from synthref-large: no such folder" in line
     assert "shipped models: synthref, synthref-small" in line
     user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n")
     code, _, err = _cli(["train", "--config", str(user), "--set", "model.image_size=256",
@@ -131,19 +137,21 @@ def test_bad_init_from_is_a_one_line_error(folder, tmp_path):
 
 def test_init_from_null_trains_the_preset_model():
     config = load_train_config(CUSTOM, ["train.init_from=null"])
-    assert config.train.init_from is None and config.model == load_config("lgrnet-small").model
+    assert config.train.init_from is None and config.model == load_config("lgrnet-tiny").model
 
 
-@pytest.mark.skipif(not has_model(shipped_model_folder("synthref-small")), reason="no shipped model in this build")
+@pytest.mark.skipif(not (has_model(shipped_model_folder("synthref-tiny"))
+                         and has_model(shipped_model_folder("synthref-small"))), reason="no shipped model in this build")
 def test_custom_yaml_takes_the_shipped_models_architecture(monkeypatch):
     monkeypatch.delenv(SHIPPED_MODEL_ENV, raising=False)
-    shipped = shipped_model_folder("synthref-small")
+    tiny, small = shipped_model_folder("synthref-tiny"), shipped_model_folder("synthref-small")
     config = load_train_config(CUSTOM, ["data.root=somewhere"])
-    assert config.model == load_config(shipped / "config.yaml").model
-    assert Path(config.train.init_from) == shipped.resolve()
-    # The setting that used to end in size mismatches: a tiny-based config starting from the shipped lgrnet-small.
-    config = load_train_config(CUSTOM, ["train.init_from=synthref-small"])
+    assert config.model == load_config(tiny / "config.yaml").model == load_config("lgrnet-tiny").model
+    assert Path(config.train.init_from) == tiny.resolve()
+    # The setting that used to end in size mismatches: a config of one size starting from a model of the other.
+    config = load_train_config(CUSTOM, ["train.init_from=synthref"])
+    assert config.model == load_config(small / "config.yaml").model
     assert config.model.num_layers == 6 and config.model.hidden_dim == 256
-    with pytest.raises(CheckpointError, match=r"^train.init_from synthref: model.num_layers is 6 in the model "
-                                              r"folder but 3 in the config \("):
-        load_train_config(CUSTOM, ["model.num_layers=3"])
+    with pytest.raises(CheckpointError, match=r"^train.init_from synthref-tiny: model.num_layers is 3 in the model "
+                                              r"folder but 6 in the config \("):
+        load_train_config(CUSTOM, ["model.num_layers=6"])

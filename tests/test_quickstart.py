@@ -20,7 +20,7 @@ from tiny_configs import tiny_twin
 from lgrnet.cli import main
 from lgrnet.config import load_config
 from lgrnet.engine.evaluate import check_recorded
-from lgrnet.model.registry import SHIPPED_GREC_MODEL_ENV, SHIPPED_MODEL_ENV
+from lgrnet.model.registry import SHIPPED_GREC_MODEL_ENV, SHIPPED_MODEL_ENV, shipped_model_folder
 from lgrnet.quickstart import EVAL_SPLITS, SHIPPED_MODEL_DIR, has_model
 
 NUM_EVAL = 4
@@ -209,8 +209,8 @@ def test_bad_arguments_are_one_line_errors(work):
     out = work["root"] / "bad"
     code, _, err = _quickstart([*_tiny_args(work, out), "--checkpoint", str(work["root"] / "nowhere")])
     assert code == 2 and "--checkpoint" in err and "nowhere: no such folder" in err
-    code, _, err = _quickstart([*_tiny_args(work, out), "--weights", "synthref-tiny"])  # the old option name
-    assert code == 2 and "--checkpoint synthref-tiny" in err and "shipped models: synthref, synthref-small" in err
+    code, _, err = _quickstart([*_tiny_args(work, out), "--weights", "synthref-large"])  # the old option name
+    assert code == 2 and "--checkpoint synthref-large" in err and "shipped models: synthref, synthref-small" in err
     assert not out.exists()  # nothing left behind
     code, _, err = _quickstart([*_tiny_args(work, out), "--num-eval", "0"])
     assert code == 2 and "--num-eval 0" in err
@@ -329,9 +329,12 @@ def test_grec_arguments_fail_before_any_work(work, scratch):
     assert not out.exists()
 
 
-@pytest.mark.skipif(not has_model(SHIPPED_MODEL_DIR), reason="no shipped model in this build")
-def test_shipped_model_reproduces_recorded_val_accuracy(tmp_path):
-    measured, recorded, num = check_recorded(SHIPPED_MODEL_DIR, tmp_path)
+@pytest.mark.parametrize("name", ["synthref-small", "synthref-tiny"])
+def test_shipped_model_reproduces_recorded_val_accuracy(name, tmp_path):
+    folder = shipped_model_folder(name)
+    if not has_model(folder):
+        pytest.skip("no shipped model in this build")
+    measured, recorded, num = check_recorded(folder, tmp_path)
     # CPU kernels may differ across machines: at most one sample of the fixed val sample may flip.
     assert abs(measured - recorded) <= 100.0 / num + 1e-6
 
