@@ -37,6 +37,7 @@ class Files:
     dataset: Path  # train.jsonl / val.jsonl with one small image
     image: Path
     requests: Path  # a predict --input file
+    r101: Path  # a working tiny model folder of another architecture than the Swin twin (lgrnet-r101)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,9 @@ def files(tmp_path_factory) -> Files:
     bad_key_config.write_text(_with_unknown_model_key(config.read_text()))
     requests = root / "requests.jsonl"
     requests.write_text(json.dumps({"image": str(dataset / "red.png"), "expression": "the red square"}) + "\n")
+    r101 = make_tiny_checkpoint(root / "r101", preset="lgrnet-r101")
     return Files(root, a_file, checkpoint, other_arch, bad_key_checkpoint, config, bad_key_config, dataset,
-                 dataset / "red.png", requests)
+                 dataset / "red.png", requests, r101)
 
 
 def _with_unknown_model_key(config_yaml: str) -> str:
@@ -100,7 +102,7 @@ def assert_one_line_error(capsys, args: list[str], *named: str) -> str:
 
 
 # Each case: (id, argument list with {placeholders} for the fixture's paths, what the message must name).
-# Placeholders: {root} {file} {ckpt} {other} {badkey} {config} {badconfig} {data} {image} {requests}.
+# Placeholders: {root} {file} {ckpt} {other} {badkey} {config} {badconfig} {data} {image} {requests} {r101}.
 MISSING = "{root}/missing"
 CASES: list[tuple[str, list[str], list[str]]] = [
     # quickstart (every case fails before SynthRef is generated or a model is trained)
@@ -148,8 +150,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("train-unknown-key-in-file", ["train", "--config", "{badconfig}", "--output-dir", "{root}/t0"], ["nope"]),
     ("train-wrong-type", ["train", "--config", "{config}", "--set", "train.lr=abc"], ["train.lr", "abc"]),
     ("train-output-under-file", ["train", "--config", "{config}", "--output-dir", "{file}/run"], ["{file}"]),
-    ("train-init-other-arch", ["train", "--config", "{config}", "--set", "train.init_from={other}",
-                               "--output-dir", "{root}/t1"], ["{other}"]),
+    ("train-init-other-arch", ["train", "--config", "{config}", "--set", "train.init_from={r101}",
+                               "--output-dir", "{root}/t1"], ["{r101}"]),
     ("train-missing-init", ["train", "--config", "{config}", "--set", f"train.init_from={MISSING}",
                             "--output-dir", "{root}/t2"], [MISSING]),
     ("train-missing-resume", ["train", "--config", "{config}", "--resume", MISSING, "--output-dir", "{root}/t3"],
@@ -237,7 +239,7 @@ XFAIL: dict[str, str] = {}
 def _expand(text: str, files: Files) -> str:
     return text.format(root=files.root, file=files.a_file, ckpt=files.checkpoint, other=files.other_arch,
                        badkey=files.bad_key_checkpoint, config=files.config, badconfig=files.bad_key_config,
-                       data=files.dataset, image=files.image, requests=files.requests)
+                       data=files.dataset, image=files.image, requests=files.requests, r101=files.r101)
 
 
 def _params() -> list:

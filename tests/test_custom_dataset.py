@@ -211,7 +211,10 @@ def test_custom_yaml_fine_tunes_with_a_cosine_that_ends_at_zero() -> None:
     train = config.train
     # a time budget with a cosine schedule: the trainer points the cosine's end at the budget's last step
     assert (train.lr_schedule, train.time_limit_minutes, final_lr_factor(train)) == ("cosine", 15.0, 0.0)
-    # fine-tuning rates, half of the from-scratch preset's (whose 5e-4 first undoes what the shipped model knew)
-    preset = load_config("lgrnet-tiny").train
+    # the from-scratch preset's main rate for every group, the visual backbone included (a new domain needs new
+    # visual features), and the dense region loss
+    preset = load_config("lgrnet-tiny")
     for group in ("lr", "lr_visual", "lr_qda", "lr_neck_lateral"):
-        assert getattr(train, group) == getattr(preset, group) / 2, group
+        assert getattr(train, group) == preset.train.lr, group
+    assert preset.train.lr_visual < train.lr_visual
+    assert config.loss.region_weight > 0 == preset.loss.region_weight

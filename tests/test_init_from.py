@@ -128,11 +128,32 @@ def test_bad_init_from_is_a_one_line_error(folder, tmp_path):
     assert code == 2 and "train.init_from synthref-large: no such folder" in line
     assert "shipped models: synthref, synthref-small" in line
     user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n")
-    code, _, err = _cli(["train", "--config", str(user), "--set", "model.image_size=256",
+    code, _, err = _cli(["train", "--config", str(user), "--set", "model.hidden_dim=48",
                          "--output-dir", str(tmp_path / "x")])
     line = _one_line_error(err, "train")
-    assert code == 2 and "model.image_size is 128 in the model folder but 256 in the config" in line
+    assert code == 2 and "model.hidden_dim is 32 in the model folder but 48 in the config" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_another_image_size_resamples_the_position_table(folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from lgrnet.model.io import load_weights
+    from lgrnet.model.lgrnet import LGRNet
+
+    user = _yaml(tmp_path / "user.yaml", f"base: lgrnet-tiny\ntrain:\n  init_from: {folder}\n")
+    config = load_train_config(user, ["model.image_size=192"])  # set on purpose: fine-tune at a higher resolution
+    assert config.model.image_size == 192
+    model = LGRNet(config.model, config.loss)
+    with pytest.raises(CheckpointError, match="visual_pos.weight"):
+        load_weights(model, folder)
+    load_weights(model, folder, resample_positions=True)
+    stored = load_file(str(folder / "model.safetensors"))
+    table = model.visual_pos.weight.detach()
+    assert len(table) == 1 + sum(h * w for h, w in model.token_shapes) > len(stored["visual_pos.weight"])
+    assert torch.equal(table[0], stored["visual_pos.weight"][0])  # the prediction token's row as it was
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in stored.items() if k != "visual_pos.weight")
 
 
 def test_init_from_null_trains_the_preset_model():

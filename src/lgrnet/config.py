@@ -168,6 +168,11 @@ class LossConfig:
     # loss): weight of the L1 distance between the point and the target box centre (the nearest target's centre
     # for a target set; no-target expressions add nothing).
     coord_weight: float = 0.0
+    # Dense region loss (beyond the paper; reference and paper: 0): weight of the loss that makes the visual tokens
+    # of the target box match the sentence embedding (model/losses.py), and the temperature of its softmax.
+    # Single-target models only.
+    region_weight: float = 0.0
+    region_temperature: float = 0.1
 
 
 # --------------------------------------------------------------------------------------------------------------

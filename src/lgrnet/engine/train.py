@@ -115,7 +115,9 @@ def _model_parts(config: Config, info: DistInfo, resume_from: Path | None) -> nn
     if resume_from is not None:
         load_weights(model, resume_from)
     elif config.train.init_from:
-        load_weights(model, config.train.init_from)  # one-line CheckpointError naming the folder when it does not fit
+        # A one-line CheckpointError naming the folder when it does not fit; a position table of another image
+        # size (model.image_size set on purpose) is resampled to this one's maps.
+        load_weights(model, config.train.init_from, resample_positions=True)
         if info.is_main:
             print(f"lgrnet train: initialised from {config.train.init_from}", flush=True)
     return model.to(info.device)

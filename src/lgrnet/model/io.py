@@ -64,12 +64,14 @@ def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
 
 
-def load_weights(model: nn.Module, folder: str | Path, fits: str = "the model") -> dict[str, torch.Tensor]:
+def load_weights(model: nn.Module, folder: str | Path, fits: str = "the model",
+                 resample_positions: bool = False) -> dict[str, torch.Tensor]:
     """Load ``folder/model.safetensors`` into the built ``model`` after checking that it fits: the file holds every
     key of the model's state dict (the text encoder's ``text.*`` may be left out as a whole, for a model saved
     without them, see :func:`save_model`), no other key, and every tensor in the model's shape. Returns the file's
     tensors. An absent or unreadable file, or one that does not fit, is a one-line :class:`CheckpointError` naming
-    the file and the first mismatching key (``fits`` names the model in it)."""
+    the file and the first mismatching key (``fits`` names the model in it). With ``resample_positions`` a visual
+    position table of another image size is resampled to the model's maps (fine-tuning at another resolution)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -88,6 +90,9 @@ def load_weights(model: nn.Module, folder: str | Path, fits: str = "the model") 
         counts = [f"{len(keys)} {what} keys (first: {keys[0]})"
                   for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
         raise CheckpointError(f"{path} does not fit {fits}: {', '.join(counts)}")
+    if resample_positions and POSITIONS_KEY in state and state[POSITIONS_KEY].shape != expected[POSITIONS_KEY].shape:
+        state[POSITIONS_KEY] = resample_visual_positions(state[POSITIONS_KEY], model.token_shapes,  # type: ignore[arg-type]
+                                                         len(expected[POSITIONS_KEY]), path)
     wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
     if wrong:
         k = wrong[0]
@@ -95,6 +100,36 @@ def load_weights(model: nn.Module, folder: str | Path, fits: str = "the model") 
                               f"{tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in {fits}")
     model.load_state_dict(state, strict=False)
     return state
+
+
+POSITIONS_KEY = "visual_pos.weight"
+
+
+def _map_shapes(num_visual: int) -> list[tuple[int, int]] | None:
+    """The two square maps (side a, then a/2) that ``num_visual`` visual rows stand for, or None."""
+    side = round((num_visual * 4 / 5) ** 0.5)
+    return [(side, side), (side // 2, side // 2)] if side * side + (side // 2) ** 2 == num_visual else None
+
+
+def resample_visual_positions(table: torch.Tensor, token_shapes: list[tuple[int, int]], rows: int,
+                              path: Path | str = "") -> torch.Tensor:
+    """A learned position table [P + Nv_old, D] (prediction rows, then each visual map row-major) resampled to
+    ``token_shapes`` ([P + Nv_new, D]): the prediction rows as they are, each map bicubically (timm's
+    ``resample_abs_pos_embed``)."""
+    from timm.layers import resample_abs_pos_embed
+
+    num_pred = rows - sum(h * w for h, w in token_shapes)
+    old_shapes = _map_shapes(len(table) - num_pred) if num_pred >= 0 else None
+    if old_shapes is None or len(old_shapes) != len(token_shapes):
+        raise CheckpointError(f"{path}: {POSITIONS_KEY} has {len(table)} rows, which no image size of this model "
+                              f"gives; it cannot be resampled to {rows}")
+    parts, start = [table[:num_pred]], num_pred
+    for (old_h, old_w), (new_h, new_w) in zip(old_shapes, token_shapes):
+        grid = table[start:start + old_h * old_w].float()[None]
+        parts.append(resample_abs_pos_embed(grid, [new_h, new_w], [old_h, old_w], num_prefix_tokens=0)[0]
+                     .to(table.dtype))
+        start += old_h * old_w
+    return torch.cat(parts)
 
 
 def load_model(path_or_hub_id: str | Path, device: str | torch.device = "cpu", what: str = "model"):
@@ -164,12 +199,23 @@ def _weights_misfit(config: Config, weights_path: Path) -> str | None:
     for key, shape in expected.items():
         if key.startswith(TEXT_PREFIX) and not text_saved:
             continue
+        if key == POSITIONS_KEY and key in stored and stored[key][1:] == shape[1:] \
+                and config.model.image_size != _stored_image_size(weights_path):
+            continue  # another image size: load_weights(resample_positions=True) resamples the table
         if key not in stored:
             return f"the folder's weights have no {key}"
         if stored[key] != shape:
             return f"{key} is {stored[key]} in the folder's weights, {shape} in the config's model"
     extra = [k for k in stored if k not in expected]
     return f"the config's model has no {extra[0]}" if extra else None
+
+
+def _stored_image_size(weights_path: Path) -> int | None:
+    """model.image_size of the folder holding ``weights_path`` (None when its config cannot be read)."""
+    try:
+        return load_config(weights_path.parent / "config.yaml").model.image_size
+    except (ConfigError, OSError):
+        return None
 
 
 def init_from_config(config: Config, explicit: set[str]) -> Config:

@@ -74,8 +74,13 @@ class LGRNet(nn.Module):
         text_dim = self.text.hidden_size
         self.visual = VisualExtractor(config.visual, text_dim=text_dim, image_size=config.image_size)
         self.visual_proj = projection(self.visual.out_channels, d, config.proj_layers)
+        if loss.region_weight > 0 and config.grec.enabled:
+            raise LGRNetError("loss.region_weight is for single-target models: set it to 0 with model.grec.enabled")
+        if loss.region_weight > 0 and loss.region_temperature <= 0:
+            raise LGRNetError(f"loss.region_temperature must be > 0, got {loss.region_temperature}")
+        # The region loss scores the visual tokens against the sentence embedding of the alignment loss.
         self.tfe = TextualFeatureExtender(text_dim, d, config.proj_layers, coordinate=config.coord_embed != "none",
-                                          sentence=loss.align)
+                                          sentence=loss.align or loss.region_weight > 0)
         num_visual = sum(h * w for h, w in self.visual.token_shapes)
         # Learned position tables, N(0, 1) (spec section 4): rows 0..P-1 prediction token(s), then the visual maps.
         self.visual_pos = nn.Embedding(p + num_visual, d)
@@ -130,7 +135,7 @@ class LGRNet(nn.Module):
         if vis_tokens.shape[1] + p != self.visual_pos.num_embeddings:
             raise LGRNetError(f"image size {images.shape[-1]} gives {vis_tokens.shape[1]} visual tokens; the model "
                               f"was built for model.image_size={self.config.image_size}")
-        x_vis = self.visual_proj(vis_tokens)
+        x_vis = projected = self.visual_proj(vis_tokens)
         if self.config.visual_pos_input:
             x_vis = x_vis + self.visual_pos.weight[p:].to(x_vis.dtype)
         if self.pred_token is None:
@@ -154,8 +159,10 @@ class LGRNet(nn.Module):
         if target_boxes is not None:
             if target_boxes.dim() == 3:
                 target_boxes = single_targets(target_boxes, target_valid)
-            sentence = self.tfe.sentence_embedding(text.cls) if self.loss_config.align else None
-            out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence, coord)
+            region = self.loss_config.region_weight > 0
+            sentence = self.tfe.sentence_embedding(text.cls) if self.loss_config.align or region else None
+            out.loss_dict = self.criterion(layer_boxes, target_boxes, states, sentence, coord,
+                                           (projected, vis_mask, self.token_shapes) if region else None)
             out.loss = out.loss_dict["loss"]
         return out
 

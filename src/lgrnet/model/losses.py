@@ -5,6 +5,12 @@
   with ``aux_loss``.
 * Optional coordinate loss (``coord_weight``, beyond the paper): L1 between the TFE coordinate point and the target
   box centre; the reference trains that point by no loss.
+* Optional region loss (``region_weight``, beyond the paper): a dense matching signal. Each visual token's score is
+  the cosine between the token (after the visual projection, before positions) and the sentence embedding, over
+  ``region_temperature``; the loss is minus the log of the softmax mass (over the image's tokens) on the tokens of
+  the target box. The box losses reach the choice of object only through the prediction token's attention; this
+  trains the text-conditioned visual tokens to single out the referred object directly, which speeds up learning new
+  words on a new domain. It adds no parameters.
 * Cross-modal alignment loss: InfoNCE between the prediction token's object embedding
   ``L2norm(object_proj(token))`` and the sentence embedding, with a learnable temperature ``exp(logit_scale)``
   (init ``ln(1/0.07)``). Symmetric (reference) or object->sentence only (paper), last layer (reference) or every
@@ -86,12 +92,52 @@ def coord_loss(coord: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) 
     return distance[has_target].mean()
 
 
+def token_centres(token_shapes: list[tuple[int, int]], device: torch.device | None = None) -> torch.Tensor:
+    """Centres (x, y) in [0, 1] of the flattened visual tokens [Nv, 2]: each map row-major, maps in order."""
+    centres = []
+    for h, w in token_shapes:
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        centres.append(torch.stack((grid_x.flatten(), grid_y.flatten()), dim=-1))
+    return torch.cat(centres)
+
+
+def target_tokens(token_shapes: list[tuple[int, int]], targets: torch.Tensor) -> torch.Tensor:
+    """[B, Nv] bool: the tokens whose centre lies in the target box (cx, cy, w, h, normalised), plus on each map the
+    token holding the box centre, so that a box smaller than a token still has one."""
+    centres = token_centres(token_shapes, targets.device)
+    x1, y1, x2, y2 = box_convert(targets.float(), "cxcywh", "xyxy").unbind(-1)
+    cx, cy = centres[:, 0], centres[:, 1]
+    inside = (cx >= x1[:, None]) & (cx <= x2[:, None]) & (cy >= y1[:, None]) & (cy <= y2[:, None])
+    offset = 0
+    rows = torch.arange(len(targets), device=targets.device)
+    for h, w in token_shapes:
+        col = (targets[:, 0].float() * w).floor().long().clamp(0, w - 1)
+        row = (targets[:, 1].float() * h).floor().long().clamp(0, h - 1)
+        inside[rows, offset + row * w + col] = True
+        offset += h * w
+    return inside
+
+
+def region_loss(tokens: torch.Tensor, sentences: torch.Tensor, pad_mask: torch.Tensor,
+                token_shapes: list[tuple[int, int]], targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Minus the log softmax mass on the target's tokens. tokens [B, Nv, D], sentences [B, D] (unit norm), pad_mask
+    [B, Nv] (True = padding: no candidate, unless it holds part of the target: a token on the image's edge may be
+    marked padding), targets [B, 4] (cx, cy, w, h) normalised to the padded canvas."""
+    scores = torch.einsum("bnd,bd->bn", F.normalize(tokens.float(), dim=-1), sentences.float()) / temperature
+    positive = target_tokens(token_shapes, targets)
+    scores = scores.masked_fill(pad_mask & ~positive, float("-inf"))
+    log_probs = scores.log_softmax(dim=-1)
+    return -log_probs.masked_fill(~positive, float("-inf")).logsumexp(dim=-1).mean()
+
+
 class LGRNetCriterion(nn.Module):
     """Weighted sum of the box losses of every layer and the alignment loss; owns ``object_proj``/``logit_scale``.
 
     Loss-dict keys: ``l1``/``giou`` for the last layer, ``l1_{i}``/``giou_{i}`` for the earlier layers
     (``aux_loss``), ``align`` (``align_{i}`` per earlier layer with ``align_all_layers``), ``coord`` (with
-    ``coord_weight``), and ``loss`` = total.
+    ``coord_weight``), ``region`` (with ``region_weight``), and ``loss`` = total.
     """
 
     def __init__(self, cfg: LossConfig, hidden_dim: int) -> None:
@@ -109,9 +155,12 @@ class LGRNetCriterion(nn.Module):
         return F.normalize(self.object_proj(states), dim=-1)
 
     def forward(self, layer_boxes: torch.Tensor, target_boxes: torch.Tensor, layer_states: torch.Tensor,
-                sentence_emb: torch.Tensor | None, coord: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                sentence_emb: torch.Tensor | None, coord: torch.Tensor | None = None,
+                region: tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]] | None = None,
+                ) -> dict[str, torch.Tensor]:
         """layer_boxes [N, B, 4], target_boxes [B, 4], layer_states [N, B, D], sentence_emb [B, D] | None,
-        coord [B, 2] | None (the coordinate point, for ``coord_weight``)."""
+        coord [B, 2] | None (the coordinate point, for ``coord_weight``), region (visual tokens [B, Nv, D], their
+        padding mask [B, Nv], the maps' shapes) for ``region_weight``."""
         cfg = self.cfg
         n = layer_boxes.shape[0]
         losses: dict[str, torch.Tensor] = {}
@@ -131,5 +180,9 @@ class LGRNetCriterion(nn.Module):
             losses["coord"] = coord_loss(coord, target_boxes[:, None], target_boxes.new_ones(len(target_boxes), 1,
                                                                                               dtype=torch.bool))
             total = total + cfg.coord_weight * losses["coord"]
+        if cfg.region_weight > 0 and region is not None:
+            tokens, pad_mask, shapes = region
+            losses["region"] = region_loss(tokens, sentence_emb, pad_mask, shapes, target_boxes, cfg.region_temperature)
+            total = total + cfg.region_weight * losses["region"]
         losses["loss"] = total
         return losses
