@@ -185,9 +185,10 @@ def _set_dotted(data: dict, dotted: str, value: object) -> None:
     data[last] = copy.deepcopy(value)
 
 
-def _weights_misfit(config: Config, weights_path: Path) -> str | None:
-    """Why ``weights_path`` does not load into the model ``config`` describes (None: it does). The model is built
-    on the meta device (no memory, no weights read) and compared with the file's header."""
+def _weights_misfit(config: Config, weights_path: Path, stored_image_size: int) -> str | None:
+    """Why ``weights_path`` (of a model of ``stored_image_size``) does not load into the model ``config`` describes
+    (None: it does). The model is built on the meta device (no memory, no weights read) and compared with the file's
+    header."""
     from lgrnet.model.lgrnet import LGRNet
 
     build = copy.deepcopy(config)
@@ -200,7 +201,7 @@ def _weights_misfit(config: Config, weights_path: Path) -> str | None:
         if key.startswith(TEXT_PREFIX) and not text_saved:
             continue
         if key == POSITIONS_KEY and key in stored and stored[key][1:] == shape[1:] \
-                and config.model.image_size != _stored_image_size(weights_path):
+                and config.model.image_size != stored_image_size:
             continue  # another image size: load_weights(resample_positions=True) resamples the table
         if key not in stored:
             return f"the folder's weights have no {key}"
@@ -208,14 +209,6 @@ def _weights_misfit(config: Config, weights_path: Path) -> str | None:
             return f"{key} is {stored[key]} in the folder's weights, {shape} in the config's model"
     extra = [k for k in stored if k not in expected]
     return f"the config's model has no {extra[0]}" if extra else None
-
-
-def _stored_image_size(weights_path: Path) -> int | None:
-    """model.image_size of the folder holding ``weights_path`` (None when its config cannot be read)."""
-    try:
-        return load_config(weights_path.parent / "config.yaml").model.image_size
-    except (ConfigError, OSError):
-        return None
 
 
 def init_from_config(config: Config, explicit: set[str]) -> Config:
@@ -244,7 +237,7 @@ def init_from_config(config: Config, explicit: set[str]) -> Config:
     differing = [k for k in now if now[k] != theirs.get(k)]
     if not differing:
         return result
-    misfit = _weights_misfit(result, weights_path)
+    misfit = _weights_misfit(result, weights_path, source.model.image_size)
     if misfit is None:
         return result
     key = next((k for k in differing if k not in _WEIGHT_NEUTRAL and not k.startswith("loss.")),

@@ -18,7 +18,7 @@ from lgrnet.config import LossConfig, ModelConfig
 from lgrnet.errors import LGRNetError
 from lgrnet.model.grec import GrecCriterion, GrecTokens
 from lgrnet.model.head import PredictionHead, projection
-from lgrnet.model.losses import LGRNetCriterion
+from lgrnet.model.losses import LGRNetCriterion, token_centres
 from lgrnet.model.reasoning import ReasoningStack
 from lgrnet.model.text import TextExtractor
 from lgrnet.model.tfe import TextualFeatureExtender, sine_embedding
@@ -69,15 +69,15 @@ class LGRNet(nn.Module):
             if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
                 raise LGRNetError(f"model.grec.nms_iou must be null or a number in (0, 1], got {nms_iou!r}")
             p = config.grec.num_queries
+        if loss.region_weight > 0 and config.grec.enabled:
+            raise LGRNetError("loss.region_weight is for single-target models: set it to 0 with model.grec.enabled")
+        if loss.region_weight > 0 and loss.region_temperature <= 0:
+            raise LGRNetError(f"loss.region_temperature must be > 0, got {loss.region_temperature}")
         self.num_tokens = p
         self.text = TextExtractor(config.text)
         text_dim = self.text.hidden_size
         self.visual = VisualExtractor(config.visual, text_dim=text_dim, image_size=config.image_size)
         self.visual_proj = projection(self.visual.out_channels, d, config.proj_layers)
-        if loss.region_weight > 0 and config.grec.enabled:
-            raise LGRNetError("loss.region_weight is for single-target models: set it to 0 with model.grec.enabled")
-        if loss.region_weight > 0 and loss.region_temperature <= 0:
-            raise LGRNetError(f"loss.region_temperature must be > 0, got {loss.region_temperature}")
         # The region loss scores the visual tokens against the sentence embedding of the alignment loss.
         self.tfe = TextualFeatureExtender(text_dim, d, config.proj_layers, coordinate=config.coord_embed != "none",
                                           sentence=loss.align or loss.region_weight > 0)
@@ -217,11 +217,7 @@ def single_targets(target_boxes: torch.Tensor, target_valid: torch.Tensor | None
 def grid_sine_embedding(shapes: list[tuple[int, int]], dim: int) -> torch.Tensor:
     """[sum h*w, dim]: the sine embedding of every cell centre ((j + 0.5) / w, (i + 0.5) / h) of each map,
     row-major, maps in order (the layout of the visual tokens)."""
-    rows = []
-    for h, w in shapes:
-        ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
-        rows.append(sine_embedding(torch.stack((xs, ys), dim=-1).reshape(-1, 2), dim))
-    return torch.cat(rows)
+    return sine_embedding(token_centres(shapes), dim)
 
 
 #: Parts of the model for parameter summaries: (label, parameter-name prefixes).
