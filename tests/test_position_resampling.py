@@ -7,15 +7,12 @@ import torch
 
 from lgrnet.errors import CheckpointError
 from lgrnet.model.io import resample_visual_positions
+from lgrnet.model.losses import token_centres
 
 
 def _table(shapes: list[tuple[int, int]], num_pred: int = 1) -> torch.Tensor:
     """Rows: num_pred prediction rows of 7s, then per map (row-major) the token's (x, y) centre in [0, 1]."""
-    rows = [torch.full((num_pred, 2), 7.0)]
-    for h, w in shapes:
-        ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
-        rows.append(torch.stack((xs.flatten(), ys.flatten()), dim=-1))
-    return torch.cat(rows)
+    return torch.cat((torch.full((num_pred, 2), 7.0), token_centres(shapes)))
 
 
 def test_the_same_shapes_give_the_same_table():
